@@ -1,0 +1,3 @@
+from viscnn.cli import main
+
+raise SystemExit(main())

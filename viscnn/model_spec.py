@@ -1,0 +1,182 @@
+"""Load a model from a spec string; every command shares this.
+
+Spec forms:
+  torchvision:NAME               random init (e.g. ``torchvision:resnet18``)
+  torchvision:NAME:WEIGHTS       torchvision's pretrained weights (``DEFAULT``, ``IMAGENET1K_V1``...),
+                                 only when the file is already in the local torch cache
+  path/to/file.py:factory        a Python file of the user's whose ``factory()`` builds the model
+  NAME                           a prepped model under ``prepped_models/`` (see ``viscnn.prep``)
+
+A ``weights`` file (a state_dict) is loaded with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from viscnn.errors import ViscnnError
+
+PathLike = Union[str, os.PathLike]
+
+
+def load_model(spec: str, weights: Optional[PathLike] = None, models_dir: Optional[PathLike] = None) -> nn.Module:
+    """Build the model named by ``spec`` and, if given, load a state_dict from ``weights``."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ViscnnError("empty model spec: use torchvision:NAME, path/to/file.py:factory or a prepped model name")
+    spec = spec.strip()
+    if spec.startswith("torchvision:"):
+        model = _torchvision_model(spec[len("torchvision:"):])
+    elif ".py:" in spec or spec.endswith(".py"):
+        model = _file_model(spec)
+    else:
+        return _prepped_model(spec, weights, models_dir)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def _torchvision_model(rest: str) -> nn.Module:
+    import torchvision.models as tvm
+
+    name, _, wname = rest.partition(":")
+    available = set(tvm.list_models())
+    if name not in available:
+        close = sorted(n for n in available if name.lower()[:4] in n)[:8]
+        hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+        raise ViscnnError(f"unknown torchvision model {name!r}{hint}")
+    if not wname:
+        # aux_logits/init_weights defaults differ between models; weights=None is random init.
+        return tvm.get_model(name, weights=None)
+    try:
+        wenum = tvm.get_model_weights(name)
+        w = wenum.DEFAULT if wname == "DEFAULT" else wenum[wname]
+    except (KeyError, ValueError):
+        raise ViscnnError(f"torchvision model {name!r} has no weights named {wname!r}") from None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
+    if not cached.exists():
+        raise ViscnnError(
+            f"pretrained weights for {name} are not in the local torch cache ({cached}) and viscnn never "
+            f"downloads at run time; download {w.url} yourself and pass it with --weights FILE "
+            f"(spec torchvision:{name}), or place it at {cached}"
+        )
+    model = tvm.get_model(name, weights=None, **_weights_kwargs(w))
+    load_weights(model, cached)
+    return model
+
+
+def _weights_kwargs(w) -> dict:
+    # Models such as googlenet/inception need num_classes and aux settings that match the checkpoint.
+    kw = {}
+    cats = w.meta.get("categories")
+    if cats:
+        kw["num_classes"] = len(cats)
+    return kw
+
+
+def _file_model(spec: str) -> nn.Module:
+    path, _, factory = spec.rpartition(":") if ".py:" in spec else (spec, "", "")
+    if not factory:
+        raise ViscnnError(f"model spec {spec!r} names a file but no factory: use {spec}:FUNCTION")
+    p = Path(path)
+    if not p.is_file():
+        raise ViscnnError(f"model file not found: {path}")
+    mod_name = f"viscnn_user_{abs(hash(str(p.resolve())))}"
+    try:
+        sp = importlib.util.spec_from_file_location(mod_name, p)
+        module = importlib.util.module_from_spec(sp)
+        sys.modules[mod_name] = module
+        sp.loader.exec_module(module)  # the user's own model file, run as they asked
+    except Exception as e:  # report, not a traceback dump
+        raise ViscnnError(f"could not import {path}: {type(e).__name__}: {e}") from None
+    fn = getattr(module, factory, None)
+    if fn is None or not callable(fn):
+        names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise ViscnnError(f"{path} has no callable {factory!r}; callables there: {', '.join(names) or 'none'}")
+    try:
+        model = fn()
+    except Exception as e:
+        raise ViscnnError(f"{path}:{factory}() failed: {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise ViscnnError(f"{path}:{factory}() returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _prepped_model(name: str, weights, models_dir) -> nn.Module:
+    from viscnn.paths import default_models_dir
+
+    root = Path(models_dir) if models_dir else default_models_dir()
+    manifest = root / name / "manifest.json"
+    if not manifest.is_file():
+        names = sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if root.is_dir() else []
+        raise ViscnnError(
+            f"unknown model spec {name!r}: not torchvision:NAME, not path/to/file.py:factory, and not a prepped "
+            f"model in {root} (prepped models: {', '.join(names) or 'none'})"
+        )
+    import json
+
+    meta = json.loads(manifest.read_text())
+    model = load_model(meta["model"], None)
+    wfile = weights if weights is not None else (root / name / meta["weights"] if meta.get("weights") else None)
+    if wfile is not None:
+        load_weights(model, wfile)
+    return model
+
+
+def load_weights(model: nn.Module, weights: PathLike) -> nn.Module:
+    """Load a state_dict file into ``model`` safely, with a readable error on any mismatch."""
+    p = Path(weights)
+    if not p.is_file():
+        raise ViscnnError(f"weights file not found: {p}")
+    try:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ViscnnError(
+            f"could not read weights {p} as a safe state_dict (torch.load weights_only=True): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+    if isinstance(sd, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in sd and isinstance(sd[key], dict):
+                sd = sd[key]
+                break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ViscnnError(f"{p} does not hold a state_dict (a dict of parameter name -> tensor)")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append("shape mismatch " + "; ".join(shapes[:5]) + (" ..." if len(shapes) > 5 else ""))
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        raise ViscnnError(f"weights {p} do not fit the model: " + "; ".join(parts))
+    model.load_state_dict(sd)
+    return model
+
+
+def prepped_input_shape(spec: str, models_dir: Optional[PathLike] = None) -> Optional[tuple]:
+    """(C, H, W) recorded in a prepped model's manifest, or None for other specs."""
+    if spec.startswith("torchvision:") or ".py" in spec:
+        return None
+    from viscnn.paths import default_models_dir
+    import json
+
+    manifest = (Path(models_dir) if models_dir else default_models_dir()) / spec / "manifest.json"
+    if not manifest.is_file():
+        return None
+    shape = json.loads(manifest.read_text()).get("input_shape")
+    return tuple(shape) if shape else None
