@@ -1,0 +1,180 @@
+"""The on-disk format of a prepped model, and its reader. ``viscnn prep`` writes it; the app reads it.
+
+prepped_models/NAME/
+  manifest.json          {"format": "viscnn.prepped", "version": 1, "name", "model" (spec), "weights"
+                          (file name in this folder or null), "weights_sha256", "input_shape" [C,H,W],
+                          "classes" [names], "normalize" {"mean": [...], "std": [...]},
+                          "viscnn_version", "settings" {...}, "image_sets" [names: classes..., "all"],
+                          "image_counts" [per set], "metrics" [names], "layouts" [names], "stages" {stage: done}}
+  weights.pt             state_dict (loaded with weights_only=True)
+  graph/                 graph.json + edges.npy (viscnn.graph.Graph.save)
+  kernels/LAYER.npy      float32 [out, in/groups, kh, kw] per conv/linear layer
+  scores/METRIC/nodes.npy float32 [n_sets, n_nodes]   target = loss over each image set
+  scores/METRIC/edges.npy float32 [n_sets, n_edges]
+  layouts/NAME.npy       float32 [n_nodes, 2]: in-layer positions (the layer axis comes from the graph)
+  featurevis/LAYER.npy   uint8 [channels, h, w, 3]; featurevis/LAYER.json {"objective": [...],
+                          "best_real": [...], "beats_real": [...]}
+  exemplars/LAYER.npy    uint8 [channels, k, h, w, 3] crops; exemplars/LAYER.json {"image_index": ..., "value": ...}
+  images/NNN.png         the app's input images; images/index.json [{"file", "label", "class"}]
+
+Every file is written atomically, and all arrays are plain .npy (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from viscnn.errors import ViscnnError
+from viscnn.graph import Graph
+
+FORMAT = "viscnn.prepped"
+VERSION = 1
+
+
+def safe_layer_file(layer: str) -> str:
+    """Module paths are dotted names; keep them as file names but refuse anything path-like."""
+    if not layer or "/" in layer or "\\" in layer or layer.startswith("."):
+        raise ViscnnError(f"bad layer name {layer!r}")
+    return layer
+
+
+class PreppedModel:
+    """Read-only, memory-mapped view of ``prepped_models/NAME``."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        mf = self.root / "manifest.json"
+        if not mf.is_file():
+            raise ViscnnError(f"{self.root} is not a prepped model (no manifest.json)")
+        try:
+            self.manifest = json.loads(mf.read_text())
+        except json.JSONDecodeError as e:
+            raise ViscnnError(f"corrupt manifest {mf}: {e}") from None
+        if self.manifest.get("format") != FORMAT:
+            raise ViscnnError(f"{mf} is not a viscnn prepped-model manifest")
+        if self.manifest.get("version") != VERSION:
+            raise ViscnnError(f"{mf}: format version {self.manifest.get('version')} unsupported (expected {VERSION})")
+
+    @classmethod
+    def open(cls, name: str, models_dir=None) -> "PreppedModel":
+        from viscnn.paths import default_models_dir
+
+        root = Path(models_dir) if models_dir else default_models_dir()
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise ViscnnError(f"bad model name {name!r}")
+        if not (root / name / "manifest.json").is_file():
+            raise ViscnnError(f"unknown prepped model {name!r}; available: {', '.join(list_models(root)) or 'none'}")
+        return cls(root / name)
+
+    # -- metadata ------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def classes(self) -> List[str]:
+        return list(self.manifest.get("classes", []))
+
+    @property
+    def image_sets(self) -> List[str]:
+        return list(self.manifest.get("image_sets", []))
+
+    @property
+    def metrics(self) -> List[str]:
+        return list(self.manifest.get("metrics", []))
+
+    @property
+    def layouts(self) -> List[str]:
+        return list(self.manifest.get("layouts", []))
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.manifest["input_shape"])
+
+    @property
+    def normalize(self) -> Dict[str, list]:
+        return self.manifest.get("normalize", {"mean": [0.0], "std": [1.0]})
+
+    @cached_property
+    def graph(self) -> Graph:
+        return Graph.load(self.root / "graph")
+
+    def load_model(self):
+        """The model with its weights (a fresh object each call)."""
+        from viscnn.model_spec import load_model
+
+        w = self.manifest.get("weights")
+        return load_model(self.manifest["model"], self.root / w if w else None)
+
+    # -- arrays ----------------------------------------------------------------------
+    def _npy(self, rel: str) -> np.ndarray:
+        p = self.root / rel
+        if not p.is_file():
+            raise ViscnnError(f"{self.name}: missing {rel} (rerun `viscnn prep`)")
+        return np.load(p, mmap_mode="r", allow_pickle=False)
+
+    def set_index(self, image_set: str) -> int:
+        try:
+            return self.image_sets.index(image_set)
+        except ValueError:
+            raise ViscnnError(f"unknown image set {image_set!r}; sets: {', '.join(self.image_sets)}") from None
+
+    def node_scores(self, metric: str, image_set: Optional[str] = None) -> np.ndarray:
+        self._check_metric(metric)
+        a = self._npy(f"scores/{metric}/nodes.npy")
+        return a if image_set is None else a[self.set_index(image_set)]
+
+    def edge_scores(self, metric: str, image_set: Optional[str] = None) -> np.ndarray:
+        self._check_metric(metric)
+        a = self._npy(f"scores/{metric}/edges.npy")
+        return a if image_set is None else a[self.set_index(image_set)]
+
+    def _check_metric(self, metric: str) -> None:
+        if metric not in self.metrics:
+            raise ViscnnError(f"metric {metric!r} was not prepped; prepped metrics: {', '.join(self.metrics)}")
+
+    def layout(self, name: str) -> np.ndarray:
+        if name not in self.layouts:
+            raise ViscnnError(f"unknown layout {name!r}; layouts: {', '.join(self.layouts)}")
+        return self._npy(f"layouts/{name}.npy")
+
+    def kernels(self, layer: str) -> np.ndarray:
+        return self._npy(f"kernels/{safe_layer_file(layer)}.npy")
+
+    def featurevis(self, layer: str) -> Optional[np.ndarray]:
+        p = self.root / "featurevis" / f"{safe_layer_file(layer)}.npy"
+        return np.load(p, mmap_mode="r", allow_pickle=False) if p.is_file() else None
+
+    def featurevis_meta(self, layer: str) -> Optional[dict]:
+        p = self.root / "featurevis" / f"{safe_layer_file(layer)}.json"
+        return json.loads(p.read_text()) if p.is_file() else None
+
+    def exemplars(self, layer: str) -> Optional[np.ndarray]:
+        p = self.root / "exemplars" / f"{safe_layer_file(layer)}.npy"
+        return np.load(p, mmap_mode="r", allow_pickle=False) if p.is_file() else None
+
+    def images(self) -> List[dict]:
+        p = self.root / "images" / "index.json"
+        return json.loads(p.read_text()) if p.is_file() else []
+
+    def image_path(self, file: str) -> Path:
+        """Path of one prepped input image; refuses anything outside ``images/``."""
+        base = (self.root / "images").resolve()
+        p = (base / file).resolve()
+        if base not in p.parents or not p.is_file():
+            raise ViscnnError(f"no prepped image {file!r}")
+        return p
+
+
+def list_models(models_dir=None) -> List[str]:
+    from viscnn.paths import default_models_dir
+
+    root = Path(models_dir) if models_dir else default_models_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file())
