@@ -21,7 +21,7 @@ system-deps:
 	fi
 
 serve: $(VENV)/.installed
-	$(VENV)/bin/viscnn serve --open-default
+	$(VENV)/bin/viscnn serve
 
 test: $(VENV)/.installed system-deps
 	$(PY) -m pytest -q tests
