@@ -5,6 +5,7 @@ Spec forms:
   torchvision:NAME:WEIGHTS       torchvision's pretrained weights (``DEFAULT``, ``IMAGENET1K_V1``...),
                                  only when the file is already in the local torch cache
   path/to/file.py:factory        a Python file of the user's whose ``factory()`` builds the model
+  package.module:factory         an importable module's factory (e.g. ``viscnn.zoo.fmnist:fmnist_cnn``)
   NAME                           a prepped model under ``prepped_models/`` (see ``viscnn.prep``)
 
 A ``weights`` file (a state_dict) is loaded with ``torch.load(..., weights_only=True)``.
@@ -35,6 +36,8 @@ def load_model(spec: str, weights: Optional[PathLike] = None, models_dir: Option
         model = _torchvision_model(spec[len("torchvision:"):])
     elif ".py:" in spec or spec.endswith(".py"):
         model = _file_model(spec)
+    elif ":" in spec:
+        model = _module_model(spec)
     else:
         return _prepped_model(spec, weights, models_dir)
     if weights is not None:
@@ -108,6 +111,23 @@ def _file_model(spec: str) -> nn.Module:
     return model
 
 
+def _module_model(spec: str) -> nn.Module:
+    modname, _, factory = spec.partition(":")
+    if not modname.replace(".", "").replace("_", "").isalnum():
+        raise ViscnnError(f"bad model spec {spec!r}: expected package.module:factory")
+    try:
+        module = importlib.import_module(modname)
+    except ImportError as e:
+        raise ViscnnError(f"cannot import module {modname!r} for model spec {spec!r}: {e}") from None
+    fn = getattr(module, factory, None)
+    if fn is None or not callable(fn):
+        raise ViscnnError(f"module {modname} has no callable {factory!r}")
+    model = fn()
+    if not isinstance(model, nn.Module):
+        raise ViscnnError(f"{spec}() returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
 def _prepped_model(name: str, weights, models_dir) -> nn.Module:
     from viscnn.paths import default_models_dir
 
@@ -170,7 +190,7 @@ def load_weights(model: nn.Module, weights: PathLike) -> nn.Module:
 
 def prepped_input_shape(spec: str, models_dir: Optional[PathLike] = None) -> Optional[tuple]:
     """(C, H, W) recorded in a prepped model's manifest, or None for other specs."""
-    if spec.startswith("torchvision:") or ".py" in spec:
+    if ":" in spec or ".py" in spec:
         return None
     from viscnn.paths import default_models_dir
     import json
