@@ -1,0 +1,102 @@
+"""``viscnn prep``: run the stages in order, each resumable and atomic.
+
+Under torchrun (WORLD_SIZE > 1) every rank joins the scoring stage (dataset sharded, sums
+all-reduced) and rank 0 alone runs and writes everything else.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from viscnn.errors import ViscnnError
+from viscnn.prep import stages
+from viscnn.prep.config import STAGES, PrepConfig
+from viscnn.prep.state import Manifest, sha256_file
+
+
+def dist_info():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def run_prep(cfg: PrepConfig, out_root: Optional[Path] = None, log=print) -> Path:
+    """Run (or resume) the configured stages; returns the prepped model's folder."""
+    from viscnn.model_spec import load_model
+    from viscnn.paths import default_models_dir
+
+    out = Path(out_root or default_models_dir()) / cfg.name
+    rank, world = dist_info()
+    weights = cfg.path(cfg["weights"]) if cfg["weights"] else None
+    if weights is not None and not weights.is_file():
+        raise ViscnnError(f"bad config value for weights: file not found: {weights}")
+    device = cfg["run"]["device"]
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ViscnnError(f"bad config value for run.device: {device!r} but CUDA is not available")
+    model = load_model(cfg["model"], weights)  # validates the spec before any work
+    from viscnn.prep.dataset import PrepDataset
+
+    data = PrepDataset(cfg)  # validates the data before any work
+    torch.manual_seed(cfg["run"]["seed"])
+
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    out.mkdir(parents=True, exist_ok=True)
+    man = Manifest(out)
+    wname = _install_weights(out, weights) if rank == 0 else None
+    identity = {"name": cfg.name, "model": cfg["model"], "weights_sha256": sha256_file(weights) if weights else None,
+                "input_shape": [cfg["preprocess"]["channels"], *cfg["preprocess"]["size"]], "data": cfg["data"]}
+    if rank == 0:
+        if man.reset_if_incompatible(identity):
+            log(f"{out}: model or data changed since the last prep; recomputing every stage")
+        man.update(**identity, weights=wname, classes=data.classes,
+                   normalize={"mean": cfg["preprocess"]["mean"], "std": cfg["preprocess"]["std"]},
+                   image_sets=data.classes + ["all"], settings=cfg.values)
+    if world > 1:
+        torch.distributed.barrier()
+        man = Manifest(out)
+
+    ctx = stages.Context(cfg, out, model, data, man, rank, world, log)
+    for stage in STAGES:
+        if stage not in cfg["run"]["stages"]:
+            continue
+        h = stages.stage_hash(cfg, stage)
+        if man.done(stage, h) and stages.outputs_exist(ctx, stage):
+            if rank == 0:
+                log(f"[{stage}] already done, skipping")
+            continue
+        if rank != 0 and stage != "scores":
+            continue
+        t = time.time()
+        extra = getattr(stages, f"stage_{stage}")(ctx) or {}
+        if rank == 0:
+            if stage == "scores":
+                extra.setdefault("metrics", cfg["run"]["metrics"])
+            man.mark(stage, h, **extra)
+            log(f"[{stage}] done in {time.time() - t:.1f}s")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return out
+
+
+def _install_weights(out: Path, weights: Optional[Path]) -> Optional[str]:
+    """Keep a copy of the weights inside the prepped folder so it is self-contained."""
+    if weights is None:
+        return None
+    target = out / "weights.pt"
+    if weights.resolve() != target.resolve():
+        from viscnn.io import atomic_write_bytes
+
+        atomic_write_bytes(target, weights.read_bytes())
+    return "weights.pt"

@@ -1,0 +1,128 @@
+"""The scoring stage: one pass over the dataset, per-image scores for the ``loss`` target
+scatter-added into per-class rows plus an ``all`` row, in float64.
+
+Resumable: the running sums are checkpointed atomically (plain .npy + a JSON cursor) every few
+seconds; a rerun continues after the last checkpointed batch and adds the remaining batches in
+the same order, so the result is bit-identical to an uninterrupted run. Distributed: batch b goes
+to rank b % world, and the per-rank sums are all-reduced at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+
+from viscnn.io import atomic_save_npy, atomic_write_text
+
+CHECKPOINT_SECONDS = 5.0
+
+
+def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """Per-set mean scores {metric: (nodes [S, N], edges [S, E])} and image counts [S]."""
+    from tqdm import tqdm
+
+    from viscnn.importance.prep_api import BatchScorer
+
+    cfg, graph, data = ctx.cfg, ctx.graph, ctx.data
+    metrics = list(cfg["run"]["metrics"])
+    n_sets = len(data.classes) + 1
+    bs = cfg["run"]["batch_size"]
+    device = torch.device(cfg["run"]["device"])
+    part = ctx.out / "scores" / "_partial" / f"rank{ctx.rank}of{ctx.world}"
+    from viscnn.prep.stages import stage_hash
+
+    key = stage_hash(cfg, "scores") + f":{bs}"
+    sums, counts, cursor = _load_partial(part, metrics, n_sets, graph, key)
+    scorer = BatchScorer(ctx.model, graph, metrics, device=device)
+    total = data.num_batches(bs)
+    mine = [b for b in range(total) if b % ctx.world == ctx.rank]
+    todo = [b for b in mine if b > cursor]
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"scores (rank {ctx.rank})" if ctx.world > 1 else "scores",
+               unit="batch", disable=ctx.rank != 0)
+    last_save = time.time()
+    for b in todo:
+        start = b * bs
+        x, y = data.batch(range(start, min(start + bs, len(data))))
+        per_image = scorer(x.to(device), y.to(device))  # {metric: (nodes [B, N], edges [B, E])}
+        yi = y.numpy()
+        for m, (pn, pe) in per_image.items():
+            pn, pe = pn.double().cpu().numpy(), pe.double().cpu().numpy()
+            np.add.at(sums[m][0], yi, pn)
+            np.add.at(sums[m][1], yi, pe)
+            sums[m][0][-1] += pn.sum(0)
+            sums[m][1][-1] += pe.sum(0)
+        np.add.at(counts, yi, 1)
+        counts[-1] += len(yi)
+        cursor = b
+        bar.update(1)
+        if time.time() - last_save > CHECKPOINT_SECONDS:
+            _save_partial(part, sums, counts, cursor, key)
+            last_save = time.time()
+    bar.close()
+    _save_partial(part, sums, counts, cursor, key)
+    if ctx.world > 1:
+        sums, counts = _all_reduce(sums, counts)
+    safe = np.maximum(counts, 1)[:, None]
+    means = {m: (s[0] / safe, s[1] / safe) for m, s in sums.items()}
+    return means, counts
+
+
+def _zeros(metrics, n_sets, graph):
+    return {m: (np.zeros((n_sets, graph.num_nodes)), np.zeros((n_sets, graph.num_edges))) for m in metrics}
+
+
+def _load_partial(part, metrics, n_sets, graph, key):
+    sums, counts, cursor = _zeros(metrics, n_sets, graph), np.zeros(n_sets, np.int64), -1
+    if not (part / "cursor.json").is_file():  # killed between the two renames of _save_partial
+        part = part.parent / (part.name + ".old")
+    meta = part / "cursor.json"
+    if meta.is_file():
+        info = json.loads(meta.read_text())
+        if info.get("key") == key and info.get("metrics") == metrics and info.get("shape") == [n_sets, graph.num_nodes, graph.num_edges]:
+            for m in metrics:
+                sums[m] = (np.load(part / f"{m}.nodes.npy"), np.load(part / f"{m}.edges.npy"))
+            counts = np.load(part / "counts.npy")
+            cursor = info["cursor"]
+    return sums, counts, cursor
+
+
+def _save_partial(part, sums, counts, cursor, key):
+    # A checkpoint is a folder of arrays + cursor; write a fresh one, then switch folders by
+    # rename, so a kill at any point leaves one complete checkpoint (``part`` or ``part.old``).
+    gen = part.parent / (part.name + ".next")
+    for m, (n, e) in sums.items():
+        atomic_save_npy(gen / f"{m}.nodes.npy", n)
+        atomic_save_npy(gen / f"{m}.edges.npy", e)
+    atomic_save_npy(gen / "counts.npy", counts)
+    atomic_write_text(gen / "cursor.json", json.dumps({"key": key, "cursor": cursor, "metrics": list(sums),
+                                                       "shape": [len(counts), *[a.shape[1] for a in next(iter(sums.values()))]]}))
+    old = part.parent / (part.name + ".old")
+    if part.exists():
+        if old.exists():
+            import shutil
+
+            shutil.rmtree(old)
+        part.rename(old)
+    gen.rename(part)
+    if old.exists():
+        import shutil
+
+        shutil.rmtree(old)
+
+
+def _all_reduce(sums, counts):
+    import torch.distributed as dist
+
+    out = {}
+    for m, (n, e) in sums.items():
+        tn, te = torch.from_numpy(n), torch.from_numpy(e)
+        dist.all_reduce(tn)
+        dist.all_reduce(te)
+        out[m] = (tn.numpy(), te.numpy())
+    tc = torch.from_numpy(counts)
+    dist.all_reduce(tc)
+    return out, tc.numpy()

@@ -1,0 +1,156 @@
+"""The prep stages. Each writes its artifacts atomically and returns manifest fields to record."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from viscnn.errors import UnsupportedOperationError
+from viscnn.graph import Graph, build_graph
+from viscnn.io import atomic_save_npy, atomic_write_bytes, atomic_write_text
+from viscnn.prep.config import PrepConfig
+from viscnn.prep.dataset import PrepDataset
+from viscnn.prep.state import Manifest
+
+# which config sections decide each stage's output
+STAGE_INPUTS = {
+    "graph": ("model", "preprocess"),
+    "kernels": ("model",),
+    "scores": ("model", "data", "preprocess", "run.metrics"),
+    "layouts": ("model", "data", "preprocess", "run.metrics", "run.seed"),
+    "featurevis": ("model", "preprocess", "featurevis", "run.seed", "data"),
+    "exemplars": ("model", "data", "preprocess", "exemplars"),
+    "images": ("data", "app"),
+}
+
+
+@dataclass
+class Context:
+    cfg: PrepConfig
+    out: Path
+    model: nn.Module
+    data: PrepDataset
+    manifest: Manifest
+    rank: int
+    world: int
+    log: callable
+
+    @property
+    def graph(self) -> Graph:
+        if not hasattr(self, "_graph"):
+            self._graph = Graph.load(self.out / "graph")
+        return self._graph
+
+
+def stage_hash(cfg: PrepConfig, stage: str) -> str:
+    import hashlib
+
+    parts = {}
+    for key in STAGE_INPUTS[stage]:
+        top, _, sub = key.partition(".")
+        parts[key] = cfg[top][sub] if sub else cfg[top]
+    parts["weights"] = cfg["weights"]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def outputs_exist(ctx: Context, stage: str) -> bool:
+    o = ctx.out
+    if stage == "graph":
+        return (o / "graph" / "graph.json").is_file()
+    if stage == "scores":
+        return all((o / "scores" / m / f).is_file() for m in ctx.cfg["run"]["metrics"] for f in ("nodes.npy", "edges.npy"))
+    if stage == "images":
+        return (o / "images" / "index.json").is_file()
+    return (o / stage).is_dir()
+
+
+# -- graph and kernels ----------------------------------------------------------------
+def stage_graph(ctx: Context):
+    pp = ctx.cfg["preprocess"]
+    try:
+        g = build_graph(ctx.model, tuple(pp["size"]), pp["channels"], include_classes=True, model_name=ctx.cfg["model"])
+    except UnsupportedOperationError:  # a head that mixes features: graph without class nodes
+        g = build_graph(ctx.model, tuple(pp["size"]), pp["channels"], include_classes=False, model_name=ctx.cfg["model"])
+    g.save(ctx.out / "graph")
+    ctx._graph = g
+    return {"graph": g.summary() | {"layers": len(g.layers)}}
+
+
+def stage_kernels(ctx: Context):
+    mods = dict(ctx.model.named_modules())
+    for layer in ctx.graph.layers[1:]:
+        w = mods[layer.name].weight.detach().float().cpu().numpy()
+        if layer.kind == "linear":  # class rows as per-channel "kernels" over the flattened map
+            w = w.reshape(layer.channels, layer.in_channels, *layer.kernel_size)
+        atomic_save_npy(ctx.out / "kernels" / f"{layer.name}.npy", w.astype(np.float32))
+
+
+# -- scores ----------------------------------------------------------------------------
+def stage_scores(ctx: Context):
+    from viscnn.prep.scoring import score_dataset
+
+    means, counts = score_dataset(ctx)
+    if ctx.rank == 0:
+        for metric, (nodes, edges) in means.items():
+            atomic_save_npy(ctx.out / "scores" / metric / "nodes.npy", nodes.astype(np.float32))
+            atomic_save_npy(ctx.out / "scores" / metric / "edges.npy", edges.astype(np.float32))
+    return {"image_counts": [int(c) for c in counts]}
+
+
+# -- layouts ---------------------------------------------------------------------------
+def stage_layouts(ctx: Context):
+    from viscnn.layout import LAYOUTS, compute_layout
+
+    metric = "taylor" if "taylor" in ctx.cfg["run"]["metrics"] else ctx.cfg["run"]["metrics"][0]
+    nodes = np.load(ctx.out / "scores" / metric / "nodes.npy")
+    edges = np.load(ctx.out / "scores" / metric / "edges.npy")
+    n_classes = len(ctx.data.classes)
+    names = []
+    for name in LAYOUTS:
+        pos = compute_layout(name, ctx.graph, np.abs(nodes[:n_classes]), np.abs(edges[-1]))
+        atomic_save_npy(ctx.out / "layouts" / f"{name}.npy", np.asarray(pos, np.float32))
+        names.append(name)
+    return {"layouts": names}
+
+
+# -- feature visualizations and exemplars ----------------------------------------------------
+def stage_featurevis(ctx: Context):
+    from viscnn.prep.visuals import featurevis_stage
+
+    return featurevis_stage(ctx)
+
+
+def stage_exemplars(ctx: Context):
+    from viscnn.prep.visuals import exemplars_stage
+
+    return exemplars_stage(ctx)
+
+
+# -- the app's input images -------------------------------------------------------------------
+def stage_images(ctx: Context):
+    from PIL import Image
+
+    per = ctx.cfg["app"]["images_per_class"]
+    labels = ctx.data.labels
+    index = []
+    for c, cname in enumerate(ctx.data.classes):
+        for pos in np.flatnonzero(labels == c)[-per:] if per else []:
+            raw = ctx.data.raw(int(pos))
+            im = Image.fromarray(raw[:, :, 0] if raw.shape[2] == 1 else raw)
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+            fname = f"{len(index):03d}.png"
+            atomic_write_bytes(ctx.out / "images" / fname, buf.getvalue())
+            index.append({"file": fname, "label": c, "class": cname})
+    atomic_write_text(ctx.out / "images" / "index.json", json.dumps(index, indent=1))
+    return {"app_images": len(index)}
+
+
+def as_tensor(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
