@@ -1,0 +1,187 @@
+"""Run the prepped model on one input image and keep every conv's input and output maps.
+
+The model is loaded once per process (a working copy, never the original) and results are
+cached per (model, image, ablation), so clicking around the graph never re-runs the network.
+Ablation zeroes chosen nodes (a channel of a layer's output) or edges (one kernel) on a copy.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from viscnn.errors import ViscnnError
+
+_MODELS: Dict[str, object] = {}
+_CACHE: "OrderedDict[tuple, Activations]" = OrderedDict()
+_LOCK = threading.Lock()
+CACHE_SIZE = 24
+
+
+@dataclass
+class Activations:
+    inputs: Dict[str, np.ndarray]  # layer -> float32 [C_in, H, W] (or [F] for a linear layer)
+    outputs: Dict[str, np.ndarray]  # layer -> float32 [C, H, W] (or [C] for a linear layer)
+    image: np.ndarray  # float32 [C, H, W], normalized as the model sees it
+    logits: np.ndarray  # float32 [n_out]
+
+
+def get_model(pm):
+    """The prepped model's working copy, loaded once per process."""
+    from viscnn.model_copy import working_copy
+
+    key = str(pm.root.resolve())
+    with _LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = working_copy(pm.load_model())
+        return _MODELS[key]
+
+
+def to_tensor(arr: np.ndarray, pm):
+    """uint8 [H, W] or [H, W, 3] -> normalized float tensor [1, C, H, W] for ``pm``."""
+    import torch
+
+    a = np.asarray(arr, dtype=np.float32) / 255.0
+    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    c = pm.input_shape[0]
+    if a.shape[0] != c:
+        raise ViscnnError(f"image has {a.shape[0]} channels, the model needs {c}")
+    mean = np.asarray(pm.normalize.get("mean", [0.0] * c), np.float32).reshape(-1, 1, 1)
+    std = np.asarray(pm.normalize.get("std", [1.0] * c), np.float32).reshape(-1, 1, 1)
+    return torch.from_numpy((a - mean) / std)[None]
+
+
+def parse_ablation(graph, items: Sequence[str]) -> Tuple[List[int], List[int]]:
+    """Ablation strings ("LAYER:CH" nodes, "eN" edges) -> (node indices, edge indices)."""
+    nodes, edges = [], []
+    for it in items:
+        if it.startswith("e") and it[1:].isdigit():
+            e = int(it[1:])
+            if not 0 <= e < graph.num_edges:
+                raise ViscnnError(f"no edge {e} to ablate (the graph has {graph.num_edges})")
+            edges.append(e)
+        else:
+            nodes.append(graph.node_index(it))
+    return sorted(set(nodes)), sorted(set(edges))
+
+
+def run(pm, image_key: str, arr: np.ndarray, ablate: Sequence[str] = ()) -> Activations:
+    """Activations of ``pm``'s model on ``arr``, with ``ablate`` zeroed; cached."""
+    key = (str(pm.root), image_key, tuple(sorted(ablate)))
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    acts = _run(pm, arr, ablate)
+    with _LOCK:
+        _CACHE[key] = acts
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return acts
+
+
+def _run(pm, arr, ablate) -> Activations:
+    import torch
+
+    graph = pm.graph
+    model = get_model(pm)
+    nodes, edges = parse_ablation(graph, ablate)
+    if edges:
+        import copy
+
+        model = copy.deepcopy(model)
+        _zero_kernels(model, graph, edges)
+    x = to_tensor(arr, pm)
+    zero_by_layer: Dict[str, List[int]] = {}
+    for n in nodes:
+        layer = graph.layers[int(graph.node_layer[n])]
+        zero_by_layer.setdefault(layer.name, []).append(int(graph.node_channel[n]))
+    if "input" in zero_by_layer:
+        x = x.clone()
+        x[:, zero_by_layer["input"]] = 0
+    modules = dict(model.named_modules())
+    ins: Dict[str, np.ndarray] = {}
+    outs: Dict[str, np.ndarray] = {}
+    hooks = []
+
+    def hook(name):
+        def f(mod, inp, out):
+            if name in zero_by_layer:
+                out = out.clone()
+                out[:, zero_by_layer[name]] = 0
+            ins[name] = inp[0][0].detach().numpy().astype(np.float32, copy=True)
+            outs[name] = out[0].detach().numpy().astype(np.float32, copy=True)
+            return out
+        return f
+
+    for layer in graph.layers[1:]:
+        hooks.append(modules[layer.name].register_forward_hook(hook(layer.name)))
+    try:
+        with torch.no_grad():
+            y = model(x)
+    except Exception as e:
+        raise ViscnnError(f"running the model failed: {type(e).__name__}: {e}") from None
+    finally:
+        for h in hooks:
+            h.remove()
+    logits = y[0].detach().numpy().astype(np.float32).reshape(-1) if hasattr(y, "detach") else np.zeros(0, np.float32)
+    return Activations(ins, outs, x[0].numpy().astype(np.float32), logits)
+
+
+def _zero_kernels(model, graph, edges: Sequence[int]) -> None:
+    import torch
+
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for e in edges:
+            li, j, i = (int(v) for v in graph.edges[e])
+            layer = graph.layers[li]
+            w = modules[layer.name].weight
+            per_in = layer.in_channels // layer.groups
+            if w.ndim == 4:
+                w[j, i % per_in] = 0
+            else:  # Linear on a flattened map: channel i owns a contiguous block of features
+                k = w.shape[1] // layer.in_channels
+                w[j, i * k:(i + 1) * k] = 0
+
+
+def node_map(graph, acts: Activations, node: int, relu: bool = False) -> np.ndarray:
+    """The activation map of one node: [H, W] (a [1, 1] map for class nodes)."""
+    layer = graph.layers[int(graph.node_layer[node])]
+    ch = int(graph.node_channel[node])
+    if layer.kind == "input":
+        m = acts.image[ch]
+    else:
+        o = acts.outputs[layer.name]
+        m = o[ch] if o.ndim == 3 else np.asarray(o[ch]).reshape(1, 1)
+    return np.maximum(m, 0) if relu else m
+
+
+def edge_maps(graph, acts: Activations, kernel: np.ndarray, edge: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(input map, output map) of one kernel: the channel it reads and that channel convolved with it."""
+    import torch
+    import torch.nn.functional as F
+
+    li, j, i = (int(v) for v in graph.edges[edge])
+    layer = graph.layers[li]
+    inp = acts.inputs[layer.name]
+    if layer.kind == "linear" or inp.ndim != 3:
+        flat = inp.reshape(-1)
+        k = flat.size // layer.in_channels
+        block = flat[i * k:(i + 1) * k]
+        side = layer.in_size if layer.in_size[0] * layer.in_size[1] == k else (1, k)
+        return block.reshape(side), np.asarray([[float((block * kernel.reshape(-1)[:k]).sum())]], np.float32)
+    m = torch.from_numpy(np.array(inp[i], dtype=np.float32))[None, None]
+    w = torch.from_numpy(np.array(kernel, dtype=np.float32))[None, None]
+    out = F.conv2d(m, w, stride=layer.stride, padding=layer.padding, dilation=layer.dilation)
+    return inp[i], out[0, 0].numpy()
+
+
+def clear_caches() -> None:
+    with _LOCK:
+        _CACHE.clear()
+        _MODELS.clear()

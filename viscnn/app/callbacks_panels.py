@@ -1,0 +1,232 @@
+"""Click-through: selecting nodes and edges, their panels (activation maps, feature visualizations,
+exemplars, top incoming edges, kernels), receptive-field boxes on hover, and ablation."""
+
+from __future__ import annotations
+
+import numpy as np
+from dash import Input, Output, State, ctx, dcc, html, no_update
+
+from viscnn.app import activations as A
+from viscnn.app import routes
+from viscnn.app.figures import panels as P
+from viscnn.errors import ViscnnError
+
+
+def sel_from_click(graph, click) -> str:
+    """The selection string for a 3D-graph click: node id "LAYER:CH" or "eN" for an edge."""
+    if not click or not click.get("points"):
+        return ""
+    cd = click["points"][0].get("customdata")
+    if isinstance(cd, list):
+        cd = cd[0] if cd else None
+    if cd is None:
+        return ""
+    cd = int(cd)
+    if cd >= 0:
+        return graph.node_id(cd) if cd < graph.num_nodes else ""
+    e = -cd - 1
+    return f"e{e}" if e < graph.num_edges else ""
+
+
+def map_png(m: np.ndarray, size: int = 56) -> str:
+    m = np.atleast_2d(np.asarray(m, np.float32))
+    up = max(1, size // max(m.shape))
+    return P.data_uri(P.png_bytes(P.kernel_rgb(m, upscale=up)))
+
+
+def target_value(pm, target: str, acts, label):
+    """The target on this one image (None when it cannot be evaluated, e.g. loss without a label)."""
+    import torch
+
+    from viscnn.app import queries
+
+    t = queries.parse_target(pm, target or "loss")
+    maps = {k: torch.from_numpy(v)[None] for k, v in acts.outputs.items()}
+    logits = torch.from_numpy(acts.logits)[None]
+    lab = torch.tensor([label]) if label is not None else None
+    return float(t.evaluate(logits, maps, lab)[0])
+
+
+def _label(actx, s):
+    key = s.get("image", "")
+    if key.startswith("img:"):
+        for it in actx.prepped(s["model"]).images():
+            if it["file"] == key[4:]:
+                return it.get("label")
+    return None
+
+
+def node_panel(actx, s, node: int, acts, edge_scores):
+    pm = actx.prepped(s["model"])
+    g = pm.graph
+    name = s["model"]
+    layer = g.layers[int(g.node_layer[node])]
+    m = A.node_map(g, acts, node, relu=s.get("relu", False))
+    kids = [html.H4(f"Node {actx.labels(name)[node]}"),
+            dcc.Graph(id="act-map", figure=P.heatmap(m, f"activation map ({'ReLU' if s.get('relu') else 'raw'})",
+                                                     diverging=not s.get("relu")),
+                      config={"displayModeBar": False}, clear_on_unhover=True)]
+    if layer.kind != "input":
+        fv = routes.node_image(pm, node, "fv")
+        ex = pm.exemplars(layer.name)
+        kids.append(html.Div([
+            html.Div([html.Div("feature vis"), html.Img(src=routes.fv_url(name, node), className="pix")
+                      if fv is not None else html.I("not prepped")]),
+            html.Div([html.Div("dataset exemplars"), html.Div(
+                [html.Img(src=routes.ex_url(name, node, k)) for k in range(ex.shape[1])] if ex is not None
+                else [html.I("not prepped")], className="thumbs")]),
+        ], className="row"))
+        kids.append(html.H4("Top incoming edges"))
+        for e in P.top_incoming(g, node, edge_scores, 5):
+            src = int(g.links[np.searchsorted(g.links[:, 0], e), 1])
+            kern = routes.kernel_of(pm, e)
+            _, out = A.edge_maps(g, acts, kern, e)
+            kids.append(html.Div([
+                html.Img(src=routes.fv_url(name, src) if routes.node_image(pm, src, "fv") is not None
+                         else routes.input_url(name, s["image"]), title=f"source {g.node_id(src)}"),
+                html.Img(src=map_png(out), title="edge output map"),
+                html.Img(src=routes.kernel_url(name, e), title="kernel"),
+                html.Button(f"{g.node_id(src)} -> e{e}  score {float(edge_scores[e]):.3g}",
+                            id={"type": "pick-edge", "edge": e}, className="link"),
+            ], className="edge-row"))
+    return kids
+
+
+def edge_panel(actx, s, e: int, acts, edge_scores):
+    pm = actx.prepped(s["model"])
+    g = pm.graph
+    name = s["model"]
+    li, j, i = (int(v) for v in g.edges[e])
+    src = int(g.links[np.searchsorted(g.links[:, 0], e), 1])
+    tgt = int(g.edge_target[e])
+    kern = routes.kernel_of(pm, e)
+    inp, out = A.edge_maps(g, acts, kern, e)
+    return [
+        html.H4(f"Edge e{e}: {g.node_id(src)} -> {g.node_id(tgt)} (kernel {g.layers[li].name}[{j}, {i}]), "
+                f"score {float(edge_scores[e]):.3g}"),
+        html.Div([html.Div([html.Div("kernel"), html.Img(src=routes.kernel_url(name, e), style={"width": "96px"},
+                                                         className="pix")]),
+                  html.Div([html.Div("edge visualization (source -> target feature vis)"), html.Div(
+                      [html.Img(src=routes.fv_url(name, n)) for n in (src, tgt)
+                       if routes.node_image(pm, n, "fv") is not None], className="thumbs")])], className="row"),
+        dcc.Graph(figure=P.heatmap(kern, "kernel"), config={"displayModeBar": False}),
+        dcc.Graph(figure=P.heatmap(inp, "input map (the channel the kernel reads)"), config={"displayModeBar": False}),
+        dcc.Graph(figure=P.heatmap(out, "output map (input convolved with the kernel)"), config={"displayModeBar": False}),
+    ]
+
+
+def register(app, actx) -> None:
+    @app.callback(Output("sel", "data", allow_duplicate=True),
+                  Input("graph3d", "clickData"), Input("cyto", "tapNodeData"),
+                  Input({"type": "pick-edge", "edge": __import__("dash").ALL}, "n_clicks"),
+                  State("state", "data"), prevent_initial_call=True)
+    def select(click, tap, picks, s):
+        if not s:
+            return no_update
+        g = actx.prepped(s["model"]).graph
+        trig = ctx.triggered_id
+        if trig == "graph3d":
+            return sel_from_click(g, click) or no_update
+        if trig == "cyto" and tap:
+            if "node" in tap:
+                return g.node_id(int(tap["node"]))
+            if "edge" in tap:
+                return f"e{int(tap['edge'])}"
+        if isinstance(trig, dict) and trig.get("type") == "pick-edge" and any(picks):
+            return f"e{int(trig['edge'])}"
+        return no_update
+
+    @app.callback(Output("panel", "children"), Output("input-fig", "figure"), Output("prediction", "children"),
+                  Output("ablate-info", "children"), Input("state", "data"))
+    def panel(s):
+        if not s:
+            return no_update, no_update, no_update, no_update
+        try:
+            pm = actx.prepped(s["model"])
+            img = actx.image(s["model"], s["image"])
+            ablate = s.get("ablate") or []
+            acts = A.run(pm, s["image"], img, ablate)
+            base = A.run(pm, s["image"], img, ()) if ablate else acts
+        except ViscnnError as e:
+            return html.Div(str(e), className="error"), no_update, "", ""
+        pred = _prediction(actx, s, pm, acts, base)
+        abl = f"Ablated: {', '.join(ablate)}" if ablate else "No ablations (select a node or edge, then 'Ablate selection')."
+        sel = s.get("sel", "")
+        fig = P.image_figure(img, title=s["image"].split(":", 1)[-1])
+        if not sel:
+            return html.I("Click a node or an edge in the graph."), fig, pred, abl
+        try:
+            r = actx.resolve(s)
+            es = r.edge_scores if r.edge_scores is not None else np.zeros(pm.graph.num_edges, np.float32)
+            if sel.startswith("e") and sel[1:].isdigit():
+                e = int(sel[1:])
+                if e >= pm.graph.num_edges:
+                    raise ViscnnError(f"no edge {e}")
+                kids = edge_panel(actx, s, e, acts, es)
+            else:
+                kids = node_panel(actx, s, pm.graph.node_index(sel), acts, es)
+        except ViscnnError as e:
+            kids = html.Div(str(e), className="error")
+        return kids, fig, pred, abl
+
+    @app.callback(Output("input-fig", "figure", allow_duplicate=True), Input("act-map", "hoverData"),
+                  State("state", "data"), prevent_initial_call=True)
+    def rf_box(hover, s):
+        if not s or not s.get("sel"):
+            return no_update
+        pm = actx.prepped(s["model"])
+        img = actx.image(s["model"], s["image"])
+        box = None
+        if hover and hover.get("points"):
+            p = hover["points"][0]
+            try:
+                box = rf_box_of(actx, s["model"], s["sel"], int(p["y"]), int(p["x"]))
+            except (ViscnnError, KeyError, TypeError, ValueError):
+                box = None
+        return P.image_figure(img, box, title=s["image"].split(":", 1)[-1])
+
+    @app.callback(Output("ablate", "data", allow_duplicate=True), Input("ablate-add", "n_clicks"),
+                  Input("ablate-clear", "n_clicks"), State("state", "data"), prevent_initial_call=True)
+    def ablate(add, clear, s):
+        if not s:
+            return no_update
+        if ctx.triggered_id == "ablate-clear":
+            return []
+        sel = s.get("sel", "")
+        cur = list(s.get("ablate") or [])
+        if not sel or sel in cur:
+            return no_update
+        return cur + [sel]
+
+
+def rf_box_of(actx, model: str, sel: str, y: int, x: int):
+    """Receptive-field box (y0, y1, x0, x1) on the input of the selected node's unit at (y, x)."""
+    from viscnn.receptive_field import ReceptiveFields
+
+    pm = actx.prepped(model)
+    g = pm.graph
+    node = g.node_index(sel)
+    layer = g.layers[int(g.node_layer[node])]
+    if layer.kind == "input":
+        return (y, y + 1, x, x + 1)
+    c, h, w = pm.input_shape
+    rf = actx._memoize(("rf", model), lambda: ReceptiveFields(A.get_model(pm), (h, w), c), 4)
+    return tuple(int(v) for v in rf.box(layer.name, y, x))
+
+
+def _prediction(actx, s, pm, acts, base):
+    probs = np.exp(acts.logits - acts.logits.max())
+    probs /= probs.sum() or 1.0
+    top = np.argsort(-probs)[:3]
+    names = pm.classes if len(pm.classes) == len(probs) else [str(i) for i in range(len(probs))]
+    parts = [html.Span("Prediction: " + ", ".join(f"{names[k]} {probs[k]:.2f}" for k in top))]
+    try:
+        label = _label(actx, s)
+        tv = target_value(pm, s.get("target", "loss"), acts, label)
+        txt = f" | target {s.get('target') or 'loss'} = {tv:.4g}"
+        if base is not acts:
+            txt += f" (before ablation {target_value(pm, s.get('target', 'loss'), base, label):.4g})"
+        parts.append(html.Span(txt, id="target-value"))
+    except (ViscnnError, ImportError) as e:
+        parts.append(html.Span(f" | target: {e}"))
+    return parts

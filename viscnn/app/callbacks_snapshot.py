@@ -1,0 +1,75 @@
+"""Export a snapshot (JSON + standalone HTML) and reopen one from an upload."""
+
+from __future__ import annotations
+
+from dash import Input, Output, State, no_update
+
+from viscnn.app import snapshot as S
+from viscnn.app.uploads import data_url_bytes
+from viscnn.errors import ViscnnError
+
+
+def export_files(actx, s: dict):
+    """(json text, html text, base file name) of the current view."""
+    import json
+
+    from viscnn.app import routes
+
+    r = actx.resolve(s)
+    if r.pending:
+        raise ViscnnError("the scores for this target are still being computed; export when the graph shows them")
+    pm, c = r.pm, r.circuit
+    g = pm.graph
+    d = S.snapshot_dict(s["model"], s, g, c.nodes, c.edges, r.node_scores, r.edge_scores)
+    html = S.snapshot_html(g, c.nodes, c.edges, r.node_scores, r.edge_scores,
+                           positions=actx.positions(s["model"], s["layout"]),
+                           featurevis=lambda n: routes.node_image(pm, n, "fv"),
+                           exemplars=lambda n: [a for a in (routes.node_image(pm, n, "ex", k) for k in range(4)) if a is not None],
+                           kernel=lambda e: routes.kernel_of(pm, e), snapshot=d,
+                           title=f"viscnn: {s['model']} circuit for {s['target'] or 'loss'} on {s['set']}")
+    return json.dumps(d, indent=1), html, f"viscnn-{s['model']}-snapshot"
+
+
+def register(app, actx) -> None:
+    @app.callback(Output("download-json", "data"), Output("download-html", "data"),
+                  Output("snap-msg", "children", allow_duplicate=True),
+                  Input("export", "n_clicks"), State("state", "data"), prevent_initial_call=True)
+    def export(n, s):
+        if not n or not s:
+            return no_update, no_update, no_update
+        try:
+            js, html, base = export_files(actx, s)
+        except ViscnnError as e:
+            return no_update, no_update, f"export failed: {e}"
+        return ({"content": js, "filename": f"{base}.json", "type": "application/json"},
+                {"content": html, "filename": f"{base}.html", "type": "text/html"}, "")
+
+    @app.callback(Output("url", "search", allow_duplicate=True), Output("snap-msg", "children", allow_duplicate=True),
+                  Input("snap-upload", "contents"), State("snap-upload", "filename"), prevent_initial_call=True)
+    def reopen(contents, filename):
+        if not contents:
+            return no_update, no_update
+        try:
+            d = S.parse_snapshot(data_url_bytes(contents, S.MAX_SNAPSHOT_BYTES))
+            if d["model"] not in actx.models():
+                raise ViscnnError(f"snapshot is of model {d['model']!r}, which is not prepped here "
+                                  f"(available: {', '.join(actx.models()) or 'none'})")
+            search = S.snapshot_search(d)
+            note = _compare(actx, d, search)
+        except ViscnnError as e:
+            return no_update, f"snapshot {filename or ''} not opened: {e}"
+        return search, note or f"opened snapshot {filename or ''}"
+
+
+def _compare(actx, d: dict, search: str):
+    from viscnn.app import state as st
+
+    pm = actx.prepped(d["model"])
+    s, _ = st.decode(search, actx.defaults(d["model"]), pm.metrics, pm.layouts)
+    try:
+        r = actx.resolve(s)
+    except ViscnnError as e:
+        return f"snapshot settings do not give a circuit here: {e}"
+    if r.pending:
+        return None
+    return S.check_circuit(d, pm.graph, r.circuit.nodes, r.circuit.edges)

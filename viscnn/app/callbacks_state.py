@@ -1,0 +1,74 @@
+"""URL <-> controls: the state lives in the URL, so a link reopens the same view.
+
+One callback owns the loop (Dash allows a circular dependency only inside a single callback): on
+page load or when another callback navigates (snapshot upload), the URL is decoded into the controls;
+when a control changes, the state is encoded back into the URL.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from dash import Input, Output, State, ctx, no_update
+
+from viscnn.app import state as st
+from viscnn.errors import ViscnnError
+
+CONTROLS = [("model", "value"), ("target", "value"), ("imageset", "value"), ("metric", "value"), ("mode", "value"),
+            ("value", "value"), ("layout", "value"), ("relu", "value"), ("image", "data"), ("sel", "data"),
+            ("ablate", "data")]
+
+
+def _to_controls(s: dict) -> list:
+    return [s["model"], s["target"], s["set"], s["metric"], s["mode"], s["value"], s["layout"],
+            ["relu"] if s["relu"] else [], s["image"], s["sel"], s["ablate"]]
+
+
+def _from_controls(vals: list) -> dict:
+    model, target, iset, metric, mode, value, layout, relu, image, sel, ablate = vals
+    return {"model": model, "target": target or "", "set": iset or "", "metric": metric, "mode": mode,
+            "value": value, "layout": layout, "image": image or "", "relu": bool(relu), "sel": sel or "",
+            "ablate": list(ablate or [])}
+
+
+def register(app, actx) -> None:
+    @app.callback(
+        [Output(c, p) for c, p in CONTROLS]
+        + [Output("metric", "options"), Output("layout", "options"), Output("url", "search"),
+           Output("state", "data"), Output("url-msg", "children"), Output("nav", "href")],
+        [Input("url", "search")] + [Input(c, p) for c, p in CONTROLS],
+        State("state", "data"),
+    )
+    def sync(search, *rest):
+        vals, prev = list(rest[:-1]), rest[-1]
+        trig = ctx.triggered_id
+        n_out = len(CONTROLS)
+        if trig in (None, "url") or not prev:
+            q = parse_qs((search or "").lstrip("?"))
+            name = (q.get("model") or [actx.default_model])[-1]
+            warns = []
+            try:
+                defaults = actx.defaults(name)
+            except ViscnnError as e:
+                models = actx.models()
+                if not models:
+                    return [no_update] * n_out + [[], [], no_update, None, f"{e}", no_update]
+                fallback = actx.default_model if actx.default_model in models else models[0]
+                warns.append(f"{e}; showing {fallback}")
+                defaults = actx.defaults(fallback)
+                name = fallback
+            pm = actx.prepped(name)
+            s, w = st.decode(search, defaults, pm.metrics, pm.layouts)
+            s["model"] = name
+            warns += w
+            url = st.encode(s)
+            return (_to_controls(s) + [pm.metrics, pm.layouts, url if url != search else no_update, s,
+                                       "\n".join(warns), no_update])
+        s = _from_controls(vals)
+        if trig == "model" and prev and s["model"] != prev.get("model"):
+            return [no_update] * n_out + [no_update, no_update, no_update, no_update, "", f"/?model={s['model']}"]
+        outs = [no_update] * n_out
+        if trig == "mode" and prev and s["mode"] != prev.get("mode"):
+            s["value"] = st.MODE_DEFAULTS.get(s["mode"], s["value"])
+            outs[5] = s["value"]
+        return outs + [no_update, no_update, st.encode(s), s, "", no_update]

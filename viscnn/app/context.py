@@ -1,0 +1,174 @@
+"""Per-server state of the app: open prepped models, node positions, images, and the shared cache.
+
+Everything here is keyed by values from the URL state and memoized, so callbacks stay thin and a
+threshold change only re-runs the circuit query and the figure builder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from viscnn.app import queries, state as st
+from viscnn.errors import ViscnnError
+
+
+@dataclass
+class Resolved:
+    """The answer to one state: scores, the circuit (None while a model run is pending)."""
+
+    pm: object
+    query: queries.Query
+    node_scores: Optional[np.ndarray]
+    edge_scores: Optional[np.ndarray]
+    signs: Optional[np.ndarray]
+    circuit: object
+    pending: bool = False
+    run_key: str = ""
+
+
+class AppContext:
+    def __init__(self, models_dir=None, default_model: str = "fmnist", cache_dir=None):
+        import diskcache
+
+        from viscnn.paths import default_models_dir
+
+        self.models_dir = Path(models_dir) if models_dir else default_models_dir()
+        self.default_model = default_model
+        self._tmp = None
+        if cache_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="viscnn-app-")
+            cache_dir = self._tmp.name
+        self.cache = diskcache.Cache(str(cache_dir), size_limit=2 ** 30)
+        self._pms: Dict[str, object] = {}
+        self._memo: "OrderedDict[tuple, object]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- models ------------------------------------------------------------------------
+    def models(self) -> List[str]:
+        from viscnn.prepped import list_models
+
+        return list_models(self.models_dir)
+
+    def prepped(self, name: str):
+        from viscnn.prepped import PreppedModel
+
+        with self._lock:
+            if name not in self._pms:
+                self._pms[name] = PreppedModel.open(name, self.models_dir)
+            return self._pms[name]
+
+    def defaults(self, name: str) -> dict:
+        pm = self.prepped(name)
+        return st.default_state(name, pm.metrics, pm.layouts, [it["file"] for it in pm.images()])
+
+    def _memoize(self, key, fn, size: int = 64):
+        with self._lock:
+            if key in self._memo:
+                self._memo.move_to_end(key)
+                return self._memo[key]
+        v = fn()
+        with self._lock:
+            self._memo[key] = v
+            while len(self._memo) > size:
+                self._memo.popitem(last=False)
+        return v
+
+    def positions(self, name: str, layout: str) -> np.ndarray:
+        from viscnn.app.figures.graph3d import node_positions
+
+        pm = self.prepped(name)
+        return self._memoize(("pos", name, layout), lambda: node_positions(pm.graph, pm.layout(layout)))
+
+    def labels(self, name: str) -> List[str]:
+        pm = self.prepped(name)
+
+        def make():
+            g = pm.graph
+            out = [g.node_id(i) for i in range(g.num_nodes)]
+            last = g.layers[-1]
+            if last.kind == "linear" and len(pm.classes) == last.channels:
+                for c, cname in enumerate(pm.classes):
+                    out[last.node_offset + c] += f" ({cname})"
+            return out
+        return self._memoize(("labels", name), make)
+
+    # -- images --------------------------------------------------------------------------
+    def gallery_image(self, name: str, file: str) -> np.ndarray:
+        from viscnn.app.uploads import decode_image
+
+        pm = self.prepped(name)
+        c, h, w = pm.input_shape
+        return self._memoize(("img", name, file), lambda: decode_image(pm.image_path(file).read_bytes(), c, (h, w)))
+
+    def add_upload(self, arr: np.ndarray) -> str:
+        key = hashlib.sha256(np.ascontiguousarray(arr).tobytes() + str(arr.shape).encode()).hexdigest()[:16]
+        self.cache.set(f"upload:{key}", np.ascontiguousarray(arr), expire=24 * 3600)
+        return f"up:{key}"
+
+    def image(self, name: str, key: str) -> np.ndarray:
+        """The uint8 image of an image key: ``img:FILE`` (gallery) or ``up:HASH`` (an upload)."""
+        if key.startswith("img:"):
+            return self.gallery_image(name, key[4:])
+        if key.startswith("up:"):
+            arr = self.cache.get(f"upload:{key[3:]}")
+            if arr is None:
+                raise ViscnnError("that uploaded image is no longer on the server; upload it again")
+            c, h, w = self.prepped(name).input_shape
+            if arr.shape[:2] != (h, w):
+                raise ViscnnError("that uploaded image was made for another model; upload it again")
+            return arr
+        raise ViscnnError(f"no input image {key!r}; pick one from the gallery or upload one")
+
+    # -- scores and circuits ----------------------------------------------------------------
+    def run_key(self, s: dict) -> str:
+        q = queries.Query(s["target"], s["set"], s["metric"])
+        img = s.get("image", "") if queries.IMAGE_SET in s["set"] else ""
+        return f"scores:{s['model']}:{q.key}:{img}"
+
+    def scores(self, s: dict):
+        """(pm, query, node scores, edge scores, signs, pending, run key) for a state."""
+        pm = self.prepped(s["model"])
+        q = queries.Query(s["target"], s["set"], s["metric"])
+        if s["metric"] not in pm.metrics:
+            raise ViscnnError(f"metric {s['metric']!r} was not prepped; prepped metrics: {', '.join(pm.metrics)}")
+        if not queries.needs_run(pm, q):
+            ns, es = self._memoize(("pre", s["model"], q.key), lambda: queries.precomputed_scores(pm, q), 16)
+            signs = self._memoize(("signs", s["model"], q.key), lambda: queries.edge_signs(pm, q.metric, es, q), 16)
+            return pm, q, ns, es, signs, False, ""
+        key = self.run_key(s)
+        hit = self.cache.get(key)
+        if hit is None:
+            return pm, q, None, None, None, True, key
+        return pm, q, hit[0], hit[1], None, False, key
+
+    def compute_run(self, s: dict, progress=None) -> str:
+        """Run the model for a state's query and cache the scores (called from a background callback)."""
+        from viscnn.app.activations import get_model
+
+        key = self.run_key(s)
+        if self.cache.get(key) is not None:
+            return key
+        pm = self.prepped(s["model"])
+        q = queries.Query(s["target"], s["set"], s["metric"])
+        cur = self.image(s["model"], s["image"]) if queries.IMAGE_SET in s["set"] and s.get("image") else None
+        ns, es = queries.run_scores(pm, get_model(pm), q, lambda f: self.gallery_image(s["model"], f), cur, progress)
+        self.cache.set(key, (ns, es), expire=24 * 3600)
+        return key
+
+    def resolve(self, s: dict) -> Resolved:
+        pm, q, ns, es, signs, pending, key = self.scores(s)
+        if pending:
+            return Resolved(pm, q, None, None, None, None, True, key)
+        thr = st.threshold_kwargs(s["mode"], s["value"])
+        ck = ("circ", s["model"], q.key, s.get("image", "") if key else "", s["mode"], float(s["value"]))
+        targets = self._memoize(("tn", s["model"], s["target"]), lambda: queries.target_nodes(pm, s["target"]), 16)
+        circ = self._memoize(ck, lambda: queries.circuit_of(pm.graph, ns, es, thr, targets), 16)
+        return Resolved(pm, q, ns, es, signs, circ, False, key)

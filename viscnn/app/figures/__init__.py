@@ -1,0 +1,1 @@
+"""Pure figure builders: plain dicts and numpy in, Plotly/Cytoscape-ready dicts out (no Dash)."""

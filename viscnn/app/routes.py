@@ -1,0 +1,115 @@
+"""Small PNG routes (feature visualizations, exemplars, kernel glyphs, input images) so that panels
+and the circuit view reference images by URL instead of shipping them inside callback payloads.
+
+Only data under the models directory is served, through PreppedModel's checked accessors; names are
+validated (model names and layer names must exist in the graph; gallery files must be in images/).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from viscnn.errors import ViscnnError
+
+PREFIX = "/viscnn-img"
+
+
+def fv_url(model: str, node: int) -> str:
+    return f"{PREFIX}/{model}/fv/{node}.png"
+
+
+def ex_url(model: str, node: int, k: int) -> str:
+    return f"{PREFIX}/{model}/ex/{node}/{k}.png"
+
+
+def kernel_url(model: str, edge: int) -> str:
+    return f"{PREFIX}/{model}/kernel/{edge}.png"
+
+
+def input_url(model: str, key: str) -> str:
+    return f"{PREFIX}/{model}/input/{key}"
+
+
+def node_image(pm, node: int, kind: str = "fv", k: int = 0):
+    """uint8 picture of a node: its feature visualization or k-th exemplar, None if not prepped."""
+    g = pm.graph
+    if not 0 <= node < g.num_nodes:
+        raise ViscnnError(f"no node {node}")
+    layer = g.layers[int(g.node_layer[node])]
+    if layer.kind == "input":
+        return None
+    ch = int(g.node_channel[node])
+    arr = pm.featurevis(layer.name) if kind == "fv" else pm.exemplars(layer.name)
+    if arr is None or ch >= arr.shape[0]:
+        return None
+    if kind == "fv":
+        return np.asarray(arr[ch])
+    if k >= arr.shape[1]:
+        return None
+    return np.asarray(arr[ch, k])
+
+
+def kernel_of(pm, edge: int) -> np.ndarray:
+    g = pm.graph
+    if not 0 <= edge < g.num_edges:
+        raise ViscnnError(f"no edge {edge}")
+    li, j, i = (int(v) for v in g.edges[edge])
+    layer = g.layers[li]
+    k = pm.kernels(layer.name)
+    return np.asarray(k[j, i % (layer.in_channels // layer.groups)], np.float32)
+
+
+def register(server, ctx) -> None:
+    from flask import Response, abort
+
+    from viscnn.app.figures.panels import kernel_rgb, png_bytes
+
+    def png(arr, upscale=1):
+        a = np.asarray(arr, np.uint8)
+        if upscale > 1:
+            a = a.repeat(upscale, 0).repeat(upscale, 1)
+        return Response(png_bytes(a), mimetype="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    def model(name):
+        try:
+            return ctx.prepped(name)
+        except ViscnnError:
+            abort(404)
+
+    @server.route(f"{PREFIX}/<name>/fv/<int:node>.png")
+    def _fv(name, node):
+        try:
+            a = node_image(model(name), node, "fv")
+        except ViscnnError:
+            abort(404)
+        if a is None:
+            abort(404)
+        return png(a)
+
+    @server.route(f"{PREFIX}/<name>/ex/<int:node>/<int:k>.png")
+    def _ex(name, node, k):
+        try:
+            a = node_image(model(name), node, "ex", k)
+        except ViscnnError:
+            abort(404)
+        if a is None:
+            abort(404)
+        return png(a)
+
+    @server.route(f"{PREFIX}/<name>/kernel/<int:edge>.png")
+    def _kernel(name, edge):
+        try:
+            k = kernel_of(model(name), edge)
+        except ViscnnError:
+            abort(404)
+        if k.ndim != 2:
+            k = k.reshape(1, -1)
+        return png(kernel_rgb(k), upscale=max(1, 48 // max(k.shape)))
+
+    @server.route(f"{PREFIX}/<name>/input/<key>")
+    def _input(name, key):
+        model(name)
+        try:
+            return png(ctx.image(name, key))
+        except ViscnnError:
+            abort(404)

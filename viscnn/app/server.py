@@ -1,0 +1,68 @@
+"""create_app: the Dash app over a folder of prepped models."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from viscnn.errors import ViscnnError
+
+
+def create_app(models_dir=None, model: str = "fmnist", snapshot: Optional[str] = None, cache_dir=None):
+    """The Dash app. ``model`` is the default view; a model picker lists every prepped model.
+    ``snapshot`` (a JSON file) becomes the default view's URL state."""
+    import dash
+    from dash import DiskcacheManager
+
+    from viscnn.app import (callbacks_graph, callbacks_images, callbacks_panels, callbacks_snapshot,
+                            callbacks_state, routes)
+    from viscnn.app.context import AppContext
+    from viscnn.app.layout import build_layout
+    from viscnn.paths import REPO_DIR
+
+    actx = AppContext(models_dir, model, cache_dir)
+    models = actx.models()
+    if not models:
+        raise ViscnnError(f"no prepped models in {actx.models_dir}; run `viscnn prep` first")
+    if model not in models:
+        raise ViscnnError(f"unknown prepped model {model!r}; available: {', '.join(models)}")
+    start_search = None
+    if snapshot:
+        from pathlib import Path
+
+        from viscnn.app import snapshot as S
+
+        p = Path(snapshot)
+        if not p.is_file():
+            raise ViscnnError(f"snapshot file not found: {p}")
+        d = S.parse_snapshot(p.read_bytes())
+        if d["model"] not in models:
+            raise ViscnnError(f"snapshot is of model {d['model']!r}, not prepped in {actx.models_dir}")
+        start_search = S.snapshot_search(d)
+        actx.default_model = d["model"]
+
+    manager = DiskcacheManager(actx.cache)
+    app = dash.Dash(__name__, title="viscnn", assets_folder=str(REPO_DIR / "assets"),
+                    suppress_callback_exceptions=True, background_callback_manager=manager,
+                    update_title=None)
+    app.layout = build_layout(models)
+    if start_search:
+        _redirect_root(app.server, start_search)
+    routes.register(app.server, actx)
+    callbacks_state.register(app, actx)
+    callbacks_graph.register(app, actx, manager)
+    callbacks_panels.register(app, actx)
+    callbacks_images.register(app, actx)
+    callbacks_snapshot.register(app, actx)
+    app.viscnn = actx
+    return app
+
+
+def _redirect_root(server, search: str) -> None:
+    """Opening ``/`` without a query goes to the snapshot's view."""
+    from flask import redirect, request
+
+    @server.before_request
+    def _snap():
+        if request.path == "/" and not request.query_string:
+            return redirect("/" + search)
+        return None
