@@ -1,0 +1,110 @@
+"""One forward+backward of a working copy that keeps, for every graph layer, the layer's input
+``a``, output ``y`` and the target's gradient ``g = ∂target/∂y``.
+
+Safe with in-place ops: every kept tensor's version counter is checked after the forward; if a
+later in-place op (``F.relu_(conv(x))``, ``out += identity``) touched one, the pass is redone
+with each layer output cloned before the rest of the network sees it. A target inside the
+network stops the forward pass right after its last layer (a private exception from a hook).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from viscnn.errors import ViscnnError
+from viscnn.graph.structure import Graph
+from viscnn.importance.targets import Target
+
+
+class _Stop(Exception):
+    """Raised from a forward hook once the target's layers have run."""
+
+
+@dataclass
+class Captured:
+    x: torch.Tensor  # the model input (detached)
+    x_grad: Optional[torch.Tensor]
+    values: torch.Tensor  # per-image target values [B] (detached)
+    logits: Optional[torch.Tensor]
+    inputs: Dict[str, torch.Tensor] = field(default_factory=dict)  # layer name -> a
+    outputs: Dict[str, torch.Tensor] = field(default_factory=dict)  # layer name -> y
+    grads: Dict[str, torch.Tensor] = field(default_factory=dict)  # layer name -> g
+
+
+def model_logits(out) -> torch.Tensor:
+    """The logits tensor of a model output (a tensor, a tuple's first item, or ``.logits``)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise ViscnnError(f"cannot find the logits in a model output of type {type(out).__name__}")
+
+
+def layer_modules(model: nn.Module, graph: Graph) -> Dict[str, nn.Module]:
+    mods = dict(model.named_modules())
+    out = {}
+    for l in graph.layers:
+        if l.kind == "input":
+            continue
+        if l.name not in mods:
+            raise ViscnnError(f"graph layer {l.name} is not a module of this model (graph built from another model?)")
+        out[l.name] = mods[l.name]
+    return out
+
+
+def capture(model: nn.Module, modules: Dict[str, nn.Module], graph: Graph, target: Target, x: torch.Tensor,
+            labels: Optional[torch.Tensor] = None, clone: bool = False, need_grads: bool = True) -> Optional[Captured]:
+    """Run ``model`` (a working copy) on ``x`` and backprop ``target.sum()``.
+
+    Returns None when an in-place op modified a kept tensor (call again with ``clone=True``).
+    """
+    inputs: Dict[str, torch.Tensor] = {}
+    outputs: Dict[str, torch.Tensor] = {}
+    grads: Dict[str, torch.Tensor] = {}
+    versions = []
+    needed = set(target.layers)
+    stop = target.stop_layer(graph) is not None
+
+    def make_hook(name):
+        def hook(mod, inp, out):
+            a = inp[0]
+            if clone:
+                a = a.clone()
+            inputs[name], outputs[name] = a, out
+            versions.append((a, a._version))
+            versions.append((out, out._version))
+            if need_grads and out.requires_grad:
+                out.register_hook(lambda gr: grads.__setitem__(name, gr))
+            if stop and needed.issubset(outputs):
+                raise _Stop
+            return out.clone() if clone else None
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in modules.items()]
+    x_leaf = x.detach().requires_grad_(need_grads)
+    logits = None
+    try:
+        with torch.enable_grad():
+            try:
+                logits = model_logits(model(x_leaf.clone()))
+            except _Stop:
+                pass
+            if any(t._version != v for t, v in versions):
+                return None
+            values = target.evaluate(logits, outputs, labels)
+            if need_grads:
+                if not values.requires_grad:
+                    raise ViscnnError(f"target {target} does not depend on the input")
+                torch.autograd.backward(values.sum(), inputs=[x_leaf])
+    finally:
+        for h in handles:
+            h.remove()
+    return Captured(x_leaf.detach(), x_leaf.grad if need_grads else None, values.detach(),
+                    None if logits is None else logits.detach(),
+                    {k: v.detach() for k, v in inputs.items()}, {k: v.detach() for k, v in outputs.items()}, grads)

@@ -1,0 +1,87 @@
+"""Per-kernel quantities of one Conv2d without a per-kernel forward pass.
+
+For kernel ``w_ji`` (output channel j, input channel i) the kernel's map is ``h_ji = a_i ⋆ w_ji``
+and the conv output is ``y_j = b_j + Σ_i h_ji``. Its Taylor term ``Σ_p g_j·h_ji`` equals
+``⟨w_ji, G_ji⟩`` where ``G = ∂(Σ_p g·y)/∂w`` for one image (the per-sample weight gradient):
+one weight-gradient convolution per image, the cost of one ordinary weight backward for the
+batch. Metrics that need ``|h_ji|`` itself are computed from the maps in bounded chunks.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Default bound on the elements of one chunk of kernel maps (64 Mi floats = 256 MiB).
+CHUNK_ELEMENTS = 1 << 26
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def padded_input(conv: nn.Conv2d, a: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """The input with any non-zero or string padding applied explicitly, and the remaining
+    zero padding to pass to a convolution call (so every path sees the same geometry)."""
+    if conv.padding_mode != "zeros":
+        return F.pad(a, conv._reversed_padding_repeated_twice, mode=conv.padding_mode), (0, 0)
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return a, (0, 0)
+        k, d = _pair(conv.kernel_size), _pair(conv.dilation)
+        pads = []
+        for dim in (1, 0):  # F.pad order: last dim first
+            total = d[dim] * (k[dim] - 1)
+            pads += [total // 2, total - total // 2]
+        return F.pad(a, pads), (0, 0)
+    return a, _pair(conv.padding)
+
+
+def per_sample_taylor(conv: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``T[n, j, i_local] = Σ_p g[n, j, p] · (a[n, i] ⋆ w[j, i_local])[p]`` via per-sample weight
+    gradients. Returns [B, out_channels, in_channels // groups]."""
+    w = conv.weight.detach()
+    a, pad = padded_input(conv, a.detach())
+    g = g.detach().to(a.dtype)
+    out = torch.empty(a.shape[0], w.shape[0], w.shape[1], dtype=a.dtype, device=a.device)
+    for n in range(a.shape[0]):
+        gw = torch.nn.grad.conv2d_weight(a[n:n + 1], w.shape, g[n:n + 1], conv.stride, pad, conv.dilation, conv.groups)
+        out[n] = (gw * w).sum((2, 3))
+    return out
+
+
+def kernel_maps(conv: nn.Conv2d, a: torch.Tensor, jj: slice) -> torch.Tensor:
+    """Maps ``a_i ⋆ w_ji`` of output channels ``group*J + jj`` for every group, with one
+    depthwise convolution. Returns [B, groups, J, in/groups, Ho, Wo]."""
+    w = conv.weight.detach()
+    G = conv.groups
+    cout, cg = w.shape[0], w.shape[1]
+    jg = cout // G
+    a, pad = padded_input(conv, a)
+    wk = w.view(G, jg, cg, *w.shape[2:])[:, jj]  # [G, J, cg, kh, kw]
+    J = wk.shape[1]
+    dw = wk.permute(0, 2, 1, 3, 4).reshape(G * cg * J, 1, *w.shape[2:])  # input channel major
+    h = F.conv2d(a, dw, None, conv.stride, pad, conv.dilation, groups=G * cg)  # [B, G*cg*J, Ho, Wo]
+    return h.view(a.shape[0], G, cg, J, *h.shape[2:]).transpose(2, 3)
+
+
+def chunked_kernel_maps(conv: nn.Conv2d, a: torch.Tensor, out_hw, chunk_elements: int = CHUNK_ELEMENTS
+                        ) -> Iterator[Tuple[slice, torch.Tensor, torch.Tensor]]:
+    """Yield ``(batch slice, out-channel index tensor [G*J], maps [b, G*J, cg, Ho, Wo])`` chunks of
+    at most ``chunk_elements`` map elements (one image and one channel per group at the least)."""
+    G = conv.groups
+    jg = conv.out_channels // G
+    per = conv.in_channels * out_hw[0] * out_hw[1]  # elements per image per jj
+    B = a.shape[0]
+    nb = max(1, min(B, chunk_elements // max(per, 1)))
+    J = max(1, min(jg, chunk_elements // max(per * nb, 1)))
+    for b0 in range(0, B, nb):
+        bs = slice(b0, min(B, b0 + nb))
+        for j0 in range(0, jg, J):
+            jj = slice(j0, min(jg, j0 + J))
+            h = kernel_maps(conv, a[bs], jj)  # [b, G, J, cg, Ho, Wo]
+            idx = (torch.arange(G, device=a.device)[:, None] * jg + torch.arange(jj.start, jj.stop, device=a.device)[None]).reshape(-1)
+            yield bs, idx, h.reshape(h.shape[0], -1, *h.shape[3:])

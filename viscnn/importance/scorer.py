@@ -1,0 +1,78 @@
+"""Per-image node and edge scores of batches of images, layer by layer.
+
+:class:`Scorer` owns a working copy of the model (the user's model is never touched) and
+yields each layer's per-image scores, so callers can stream them into per-set sums
+(:mod:`viscnn.importance.accumulate`) without ever holding [images, edges] for the whole net.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from viscnn.graph.structure import Graph
+from viscnn.importance.capture import Captured, capture, layer_modules
+from viscnn.importance.convmath import CHUNK_ELEMENTS
+from viscnn.importance.metrics import NEEDS_GRAD, check_metrics, conv_edge_scores, linear_edge_scores, map_scores
+from viscnn.importance.targets import Target, parse_target
+from viscnn.model_copy import working_copy
+
+LayerScores = Dict[str, Tuple[torch.Tensor, torch.Tensor]]  # metric -> (nodes [B, C], edges [B, E_layer])
+
+
+class Scorer:
+    """Scores of ``target`` for ``metrics`` on batches; ``model`` is copied, never modified."""
+
+    def __init__(self, model: nn.Module, graph: Graph, target: Union[str, Target], metrics: Sequence[str] = ("taylor",),
+                 device=None, classes: Optional[Sequence[str]] = None, chunk_elements: int = CHUNK_ELEMENTS):
+        self.graph = graph
+        self.metrics = check_metrics(metrics)
+        self.target = parse_target(target, graph, classes) if isinstance(target, str) else target
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = working_copy(model).to(self.device)
+        self.modules = layer_modules(self.model, graph)
+        self.chunk_elements = chunk_elements
+        self._clone = False
+
+    def capture(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Captured:
+        x = x.to(self.device)
+        labels = labels.to(self.device) if labels is not None else None
+        need = any(m in NEEDS_GRAD for m in self.metrics)
+        cap = capture(self.model, self.modules, self.graph, self.target, x, labels, self._clone, need)
+        if cap is None:  # an in-place op touched a kept tensor: redo (and keep doing) it safely
+            self._clone = True
+            cap = capture(self.model, self.modules, self.graph, self.target, x, labels, True, need)
+        return cap
+
+    def layer_scores(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None
+                     ) -> Iterator[Tuple[int, LayerScores]]:
+        """Yield ``(layer index, {metric: (nodes [B, C], edges [B, E_layer])})`` for every layer."""
+        cap = self.capture(x, labels)
+        B = cap.x.shape[0]
+        for li, layer in enumerate(self.graph.layers):
+            if layer.kind == "input":
+                nodes = map_scores(cap.x, cap.x_grad, self.metrics, B, layer.channels, None, self.device)
+                yield li, {m: (nodes[m], torch.zeros(B, 0, device=self.device)) for m in self.metrics}
+                continue
+            mod = self.modules[layer.name]
+            a, y, g = cap.inputs.get(layer.name), cap.outputs.get(layer.name), cap.grads.get(layer.name)
+            wmag = mod.weight.detach().abs().reshape(layer.channels, -1).mean(1)
+            if layer.kind == "linear":
+                nodes = map_scores(y, g, self.metrics, B, layer.channels, wmag, self.device)
+                edges = linear_edge_scores(mod, a, g, self.metrics, B, layer.in_channels)
+            else:
+                nodes = map_scores(y, g, self.metrics, B, layer.channels, wmag, self.device)
+                edges = conv_edge_scores(mod, a, g, self.metrics, B, layer.out_size, self.chunk_elements)
+            yield li, {m: (nodes[m], edges[m]) for m in self.metrics}
+        self.last_values = cap.values
+
+    def __call__(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+        """Per-image scores of the whole graph: {metric: (nodes [B, N], edges [B, E])}."""
+        parts = {m: ([], []) for m in self.metrics}
+        for _, sc in self.layer_scores(x, labels):
+            for m, (n, e) in sc.items():
+                parts[m][0].append(n)
+                parts[m][1].append(e)
+        return {m: (torch.cat(n, 1), torch.cat(e, 1)) for m, (n, e) in parts.items()}
