@@ -113,11 +113,13 @@ def landmark_mds(vectors: np.ndarray, n_landmarks: int = N_LANDMARKS, seed: int 
     yc = y - y.mean(0)
     # triangulation: x = -1/2 pinv(Y_c) (d^2 - mean_l d^2)
     x = -0.5 * (d ** 2 - (dl ** 2).mean(0)) @ np.linalg.pinv(yc).T + y.mean(0)
-    for _ in range(refine_iter):  # Guttman update with fixed landmarks, unit weights
-        diff = x[:, None, :] - y[None, :, :]
-        dist = np.linalg.norm(diff, axis=2)
+    y_mean, n_lm = y.mean(0), len(lm)
+    for _ in range(refine_iter):
+        # Guttman update with fixed landmarks, unit weights: x <- mean_l (y_l + d_l (x - y_l) / |x - y_l|),
+        # expanded so that only [n, L] matrices are formed
+        dist = pairwise_distances(x, y)
         ratio = np.divide(d, dist, out=np.zeros_like(d), where=dist > 1e-9)
-        x = (y[None, :, :] + ratio[:, :, None] * diff).mean(1)
+        x = y_mean + ratio.mean(1)[:, None] * x - (ratio @ y) / n_lm
     x[lm] = y
     return x
 
@@ -164,7 +166,7 @@ def input_positions(n: int) -> np.ndarray:
 
 
 # -- rotation to shorten edges ----------------------------------------------------------------
-def _rotations(n_angles: int = 360) -> np.ndarray:
+def _rotations(n_angles: int) -> np.ndarray:
     """[2 * n_angles, 2, 2]: rotations, then rotations composed with a reflection (x -> -x)."""
     t = 2 * np.pi * np.arange(n_angles) / n_angles
     c, s = np.cos(t), np.sin(t)
@@ -178,20 +180,33 @@ def weighted_edge_length(targets: np.ndarray, sources: np.ndarray, weights: np.n
     return float((weights * np.linalg.norm(targets - sources, axis=1)).sum())
 
 
-def best_rotation(targets: np.ndarray, sources: np.ndarray, weights: np.ndarray, n_angles: int = 360) -> np.ndarray:
+def best_rotation(targets: np.ndarray, sources: np.ndarray, weights: np.ndarray, n_angles: int = 180) -> np.ndarray:
     """2x2 orthogonal matrix R minimising sum w * |R t - s|, searched over angles and reflection.
 
-    The identity is one of the candidates, so the result is never worse than not rotating.
-    The weighted-least-squares optimum (Kabsch, closed form) is a candidate too.
+    Candidates: ``n_angles`` rotations with and without reflection (the identity among them, so the
+    result is never worse than not rotating) and the weighted-least-squares optimum (Kabsch, closed
+    form); the best is then refined on a finer grid around it.
     """
     if len(targets) == 0 or not np.any(weights > 0):
         return np.eye(2)
     m = (weights[:, None] * sources).T @ targets  # sum w s t^T
     u, _, vt = np.linalg.svd(m)
     cands = np.concatenate([_rotations(n_angles), (u @ vt)[None]])
-    moved = np.einsum("kij,ej->kei", cands, targets)  # [K, E, 2]
-    cost = (weights[None] * np.linalg.norm(moved - sources[None], axis=2)).sum(1)
-    return cands[int(np.argmin(cost))]
+    best = cands[int(np.argmin(_rotation_costs(cands, targets, sources, weights)))]
+    # refine: +-1 coarse step around the best, 40 finer steps (keeps the best found so far)
+    step = 2 * np.pi / n_angles
+    t = np.linspace(-step, step, 41)
+    fine = np.stack([np.stack([np.cos(t), -np.sin(t)], 1), np.stack([np.sin(t), np.cos(t)], 1)], 1) @ best
+    cands = np.concatenate([best[None], fine])
+    return cands[int(np.argmin(_rotation_costs(cands, targets, sources, weights)))]
+
+
+def _rotation_costs(cands: np.ndarray, targets: np.ndarray, sources: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """sum_e w_e |R_k t_e - s_e| for each candidate R_k, via two [K, E] products (no [K, E, 2] array)."""
+    tx, ty = targets[:, 0], targets[:, 1]
+    px = np.outer(cands[:, 0, 0], tx) + np.outer(cands[:, 0, 1], ty) - sources[:, 0]
+    py = np.outer(cands[:, 1, 0], tx) + np.outer(cands[:, 1, 1], ty) - sources[:, 1]
+    return np.sqrt(px * px + py * py) @ weights
 
 
 def _edges_into_layer(graph, li: int, edge_scores: Optional[np.ndarray]):
