@@ -188,10 +188,12 @@ def test_edges_rise_far_above_start(at):
     assert np.median(margin[can_rise]) > 10 * np.median(spread[can_rise])
     if at is not None:
         return
-    # without the redirected ReLU gradient, edges whose input channel is dead at the start never move
-    plain = render_edges(m, edges, steps=8, seed=0, redirect_relu=False, **kw)
+    # without the redirected ReLU gradient, many edges whose input channel is dead at the start stay
+    # at exactly 0 (only a lucky jitter wakes them); with it, all of them move
+    plain = render_edges(m, edges, steps=48, seed=0, redirect_relu=False, **kw)
     dead = r.start == 0
-    assert dead.any() and (plain.objective[dead] == 0).all() and (r.objective[dead & can_rise] > 0).all()
+    assert (plain.objective[dead] == 0).sum() >= 4 and (r.objective[dead] == 0).sum() == 0
+    assert (r.objective[dead & can_rise] > 0).all()
 
 
 def test_rgb_model_renders_with_decorrelated_colour():
