@@ -68,6 +68,9 @@ def run_prep(cfg: PrepConfig, out_root: Optional[Path] = None, log=print) -> Pat
     for stage in STAGES:
         if stage not in cfg["run"]["stages"]:
             continue
+        if world > 1:  # every rank sees the previous stage's files and manifest
+            torch.distributed.barrier()
+            ctx.manifest = man = Manifest(out)
         h = stages.stage_hash(cfg, stage)
         if man.done(stage, h) and stages.outputs_exist(ctx, stage):
             if rank == 0:

@@ -18,7 +18,10 @@ import torch
 
 from viscnn.io import atomic_save_npy, atomic_write_text
 
-CHECKPOINT_SECONDS = 5.0
+import os
+
+CHECKPOINT_SECONDS = float(os.environ.get("VISCNN_CHECKPOINT_SECONDS", "5"))
+_TEST_DELAY = float(os.environ.get("VISCNN_TEST_BATCH_DELAY", "0"))  # lets the kill-and-resume test land mid-run
 
 
 def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.ndarray]:
@@ -59,6 +62,8 @@ def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.nda
         counts[-1] += len(yi)
         cursor = b
         bar.update(1)
+        if _TEST_DELAY:
+            time.sleep(_TEST_DELAY)
         if time.time() - last_save > CHECKPOINT_SECONDS:
             _save_partial(part, sums, counts, cursor, key)
             last_save = time.time()
