@@ -79,12 +79,22 @@ def make_prepped(root, name: str = "tiny", *, spec: Optional[str] = None, input_
 
     sets = list(classes) + ["all"]
     metrics = ["taylor", "taylor_signed"]
+    # Structured random scores: per set, some channels of each layer matter; kernels between two
+    # of them score high, so circuits are connected paths as in a real model.
+    src = np.zeros(graph.num_edges, np.int64)
+    src[graph.links[:, 0]] = graph.links[:, 1]
+    tgt = graph.edge_target.astype(np.int64)
     for m in metrics:
-        nodes = rng.random((len(sets), graph.num_nodes), dtype=np.float32)
-        edges = rng.random((len(sets), graph.num_edges), dtype=np.float32) ** 3
+        nodes = np.empty((len(sets), graph.num_nodes), np.float32)
+        edges = np.empty((len(sets), graph.num_edges), np.float32)
+        for k in range(len(sets)):
+            imp = rng.random(graph.num_nodes) < 0.4
+            imp[: graph.layers[0].channels] = True
+            nodes[k] = np.where(imp, 1.0, 0.05) * (0.2 + rng.random(graph.num_nodes))
+            edges[k] = nodes[k][src] * nodes[k][tgt] * (0.5 + rng.random(graph.num_edges))
         if m == "taylor_signed":
-            nodes = nodes - 0.4
-            edges = edges * np.where(rng.random(edges.shape) < 0.3, -1, 1).astype(np.float32)
+            nodes = nodes * np.where(rng.random(nodes.shape) < 0.3, -1, 1)
+            edges = edges * np.where(rng.random(edges.shape) < 0.3, -1, 1)
         atomic_save_npy(d / "scores" / m / "nodes.npy", nodes.astype(np.float32))
         atomic_save_npy(d / "scores" / m / "edges.npy", edges.astype(np.float32))
 
@@ -132,3 +142,48 @@ def make_prepped(root, name: str = "tiny", *, spec: Optional[str] = None, input_
     }
     atomic_write_text(d / "manifest.json", json.dumps(manifest))
     return d
+
+
+def app_model(tmp_path_factory) -> tuple:
+    """(models dir, model name) the app tests run on: the real default model when
+    ``VISCNN_APP_TEST_MODEL`` names one under prepped_models/ (e.g. ``fmnist``), else the tiny fixture."""
+    import os
+
+    from viscnn.paths import default_models_dir
+
+    name = os.environ.get("VISCNN_APP_TEST_MODEL")
+    if name:
+        return default_models_dir(), name
+    root = tmp_path_factory.mktemp("prepped")
+    make_prepped(root, "tiny")
+    return root, "tiny"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(models_dir, name: str, port: int, extra=(), timeout: float = 60.0):
+    """``viscnn serve`` in a subprocess; returns the Popen once the port answers."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "viscnn", "serve", name, "--models-dir", str(models_dir),
+                             "--port", str(port), *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    t = time.time()
+    while time.time() - t < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stdout.read().decode(errors='replace')[-3000:]}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_dash-layout", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not start")

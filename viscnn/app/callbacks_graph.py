@@ -7,6 +7,7 @@ import numpy as np
 from dash import Input, Output, State, html, no_update
 
 from viscnn.app import routes
+from viscnn.app import state as st
 from viscnn.app.figures import cytoscape as cy
 from viscnn.app.figures import graph3d
 from viscnn.errors import ViscnnError
@@ -36,7 +37,7 @@ def circuit_view(actx, s: dict, max_edges: int = graph3d.MAX_EDGES):
                                uirevision=f"{s['model']}:{s['layout']}")
     hidden = len(edges) - len(drawn)
     info = [f"Circuit: {len(circ.nodes)} nodes, {len(edges)} of {g.num_edges} edges. Drawing ",
-            html.B(str(len(drawn)), id="drawn-count"), " edges",
+            html.B(str(len(drawn)), id="drawn-count", title=f"{s['mode']}={st.fmt_value(s['value'])}"), " edges",
             html.Span(f"; {hidden} less important circuit edges hidden (level of detail keeps the top {max_edges})"
                       if hidden else "", id="hidden-count")]
     els = cy.circuit_elements(g, circ.nodes, edges, r.edge_scores,

@@ -56,12 +56,10 @@ def parse_target(pm, text: str):
 
 
 def combine_terms(terms: Sequence[Tuple[float, str]], lookup: Callable[[str], np.ndarray]) -> np.ndarray:
-    """``sum(coef * lookup(name))`` in float32 (the obviously-right way; rows are memory-mapped)."""
-    out = None
-    for coef, name in terms:
-        row = np.asarray(lookup(name), np.float32)
-        out = coef * row if out is None else out + coef * row
-    return out.astype(np.float32, copy=False)
+    """``sum(coef * lookup(name))`` (``viscnn.importance.imagesets.combine``) as float32."""
+    from viscnn.importance.imagesets import combine
+
+    return np.asarray(combine(list(terms), lookup), np.float32)
 
 
 def precomputed_scores(pm, q: Query) -> Tuple[np.ndarray, np.ndarray]:

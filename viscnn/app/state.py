@@ -31,12 +31,12 @@ def encode(state: dict) -> str:
         elif k == "relu":
             v = "1" if v else "0"
         elif k == "value":
-            v = _fmt(v)
+            v = fmt_value(v)
         q.append((k, "" if v is None else str(v)))
     return "?" + urlencode(q)
 
 
-def _fmt(v) -> str:
+def fmt_value(v) -> str:
     try:
         f = float(v)
     except (TypeError, ValueError):

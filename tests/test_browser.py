@@ -1,0 +1,174 @@
+"""The real app in headless Chromium (Playwright): load, threshold, click-through, upload, snapshot, errors."""
+
+import io
+import json
+import re
+import time
+
+import numpy as np
+import pytest
+
+from app_fixture import app_model, free_port, start_server
+
+pytestmark = pytest.mark.browser
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    models_dir, name = app_model(tmp_path_factory)
+    port = free_port()
+    proc = start_server(models_dir, name, port)
+    yield f"http://127.0.0.1:{port}", models_dir, name, proc
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    pg = ctx.new_page()
+    pg.set_default_timeout(20000)
+    pg.goto(server[0] + "/")
+    pg.wait_for_selector("#drawn-count")
+    yield pg
+    ctx.close()
+
+
+def drawn(pg) -> int:
+    return int(pg.inner_text("#drawn-count"))
+
+
+def set_threshold(pg, mode: str, value) -> None:
+    """Set the threshold and wait until the graph shows the circuit for exactly it."""
+    pg.check(f"#mode input[value={mode}]")
+    pg.fill("#value", str(value))
+    pg.press("#value", "Enter")
+    pg.wait_for_selector(f"#drawn-count[title='{mode}={value}']")
+
+
+def wait_drawn(pg, n: int) -> None:
+    pg.wait_for_function(f"document.querySelector('#drawn-count') && document.querySelector('#drawn-count').innerText == '{n}'")
+
+
+def click_node(pg, node: int) -> None:
+    """Fire Plotly's click event for one node point, as a mouse click on it would."""
+    pg.evaluate("""(n) => { const gd = document.querySelector('#graph3d .js-plotly-plot');
+        const tr = gd.data.findIndex(t => t.name === 'nodes');
+        gd.emit('plotly_click', {points: [{curveNumber: tr, pointNumber: n, customdata: n}]}); }""", node)
+
+
+def act_map_z(pg):
+    pg.wait_for_selector("#act-map .js-plotly-plot")
+    return pg.evaluate("() => JSON.stringify(document.querySelector('#act-map .js-plotly-plot').data[0].z)")
+
+
+def png_bytes(arr):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def drawn_in_figure(pg) -> int:
+    """Distinct edges in the 3D figure's line traces (customdata -(edge+1) on every point)."""
+    return pg.evaluate("""() => new Set(document.querySelector('#graph3d .js-plotly-plot').data
+        .filter(t => t.mode === 'lines').flatMap(t => t.customdata)).size""")
+
+
+def test_loads_graph_and_threshold_changes_edges(page):
+    assert page.locator("#graph3d .js-plotly-plot").count() == 1
+    assert page.locator("#graph3d .gl-container canvas").count() >= 1  # WebGL scene
+    set_threshold(page, "mass", 0.3)
+    low = drawn(page)
+    assert low == drawn_in_figure(page)
+    set_threshold(page, "mass", 0.9)
+    high = drawn(page)
+    assert high > low and high == drawn_in_figure(page)
+    set_threshold(page, "topk", 20)
+    assert 0 < drawn(page) <= 20 and drawn(page) == drawn_in_figure(page)
+
+
+def test_click_node_shows_activation_map_and_upload_updates_it(page):
+    click_node(page, 3)
+    z0 = act_map_z(page)
+    assert page.locator("#panel h4").first.inner_text().startswith("Node ")
+    yy, xx = np.mgrid[0:40, 0:40]
+    img = (((xx + yy) % 9) * 28).astype(np.uint8)
+    page.set_input_files("#upload input[type=file]", files=[
+        {"name": "mine.png", "mimeType": "image/png", "buffer": png_bytes(img)}])
+    page.wait_for_function("location.search.includes('image=up%3A')")
+    page.wait_for_function(f"() => {{ const g = document.querySelector('#act-map .js-plotly-plot');"
+                           f" return g && JSON.stringify(g.data[0].z) !== {json.dumps(z0)}; }}")
+    assert page.inner_text("#upload-msg") == ""
+
+
+def test_bad_upload_shows_error_and_app_still_answers(page):
+    page.set_input_files("#upload input[type=file]", files=[
+        {"name": "fake.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\nnot really a png"}])
+    page.wait_for_function("document.querySelector('#upload-msg').innerText.includes('rejected')")
+    assert "corrupt" in page.inner_text("#upload-msg") or "not an image" in page.inner_text("#upload-msg")
+    set_threshold(page, "mass", 0.9)
+    page.fill("#imageset", "nonsense + ")
+    page.press("#imageset", "Enter")
+    page.wait_for_function("document.querySelector('#msg').innerText.length > 0")
+    page.fill("#imageset", "all")
+    page.press("#imageset", "Enter")
+    page.wait_for_function("document.querySelector('#msg').innerText.length === 0")
+
+
+def test_snapshot_export_reopens_same_circuit(page, tmp_path):
+    set_threshold(page, "mass", 0.4)
+    n = drawn(page)
+    assert n > 0
+    downloads = []
+    page.on("download", lambda d: downloads.append(d))
+    page.click("#export")
+    t = time.time()
+    while len(downloads) < 2 and time.time() - t < 20:
+        page.wait_for_timeout(200)
+    names = sorted(d.suggested_filename for d in downloads)
+    assert names[0].endswith(".html") and names[1].endswith(".json")
+    js = next(d for d in downloads if d.suggested_filename.endswith(".json"))
+    snap = json.loads(open(js.path()).read())
+    assert snap["format"] == "viscnn.snapshot" and len(snap["circuit"]["edges"]) == n
+    html = open(next(d for d in downloads if d.suggested_filename.endswith(".html")).path()).read()
+    assert "Plotly.newPlot" in html and not re.search(r"<script[^>]+src=", html)
+    set_threshold(page, "mass", 0.9)
+    assert drawn(page) != n
+    page.set_input_files("#snap-upload input[type=file]", files=[
+        {"name": "snap.json", "mimeType": "application/json", "buffer": json.dumps(snap).encode()}])
+    page.wait_for_selector("#drawn-count[title='mass=0.4']")
+    assert drawn(page) == n
+    page.wait_for_function("document.querySelector('#snap-msg').innerText.includes('opened snapshot')")
+    assert "differs" not in page.inner_text("#snap-msg")
+    # a malformed snapshot is reported, and the view stays
+    page.set_input_files("#snap-upload input[type=file]", files=[
+        {"name": "bad.json", "mimeType": "application/json", "buffer": b'{"format": "viscnn.snapshot", "version": 99}'}])
+    page.wait_for_function("document.querySelector('#snap-msg').innerText.includes('not opened')")
+    assert drawn(page) == n
+
+
+def test_unit_target_runs_in_background(page, server):
+    _, _, name, _ = server
+    page.fill("#target", "class:0")
+    page.press("#target", "Enter")
+    page.wait_for_function("location.search.includes('target=class%3A0')")
+    page.wait_for_selector("#drawn-count", timeout=60000)
+    page.wait_for_function("document.querySelector('#edge-info').innerText.startsWith('Circuit')", timeout=60000)
+    assert page.inner_text("#msg") == ""
+    page.fill("#target", "class:nosuchclass")
+    page.press("#target", "Enter")
+    page.wait_for_function("document.querySelector('#msg').innerText.includes('class')")
