@@ -14,7 +14,8 @@ prepped_models/NAME/
   layouts/NAME.npy       float32 [n_nodes, 2]: in-layer positions (the layer axis comes from the graph)
   featurevis/LAYER.npy   uint8 [channels, h, w, 3]; featurevis/LAYER.json {"objective": [...],
                           "best_real": [...], "beats_real": [...]}
-  exemplars/LAYER.npy    uint8 [channels, k, h, w, 3] crops; exemplars/LAYER.json {"image_index": ..., "value": ...}
+  featurevis/edges.npy   uint8 [n, h, w, 3] edge visualizations; featurevis/edges.json adds "edges" [global edge idx]
+  exemplars/LAYER.npy    uint8 [channels, k, h, w, 3] crops; exemplars/LAYER.json {"image_index", "value", "pos"}
   images/NNN.png         the app's input images; images/index.json [{"file", "label", "class"}]
 
 Every file is written atomically, and all arrays are plain .npy (no pickle).
@@ -153,6 +154,15 @@ class PreppedModel:
     def featurevis_meta(self, layer: str) -> Optional[dict]:
         p = self.root / "featurevis" / f"{safe_layer_file(layer)}.json"
         return json.loads(p.read_text()) if p.is_file() else None
+
+    def edge_featurevis(self) -> tuple:
+        """(global edge indices, uint8 images [n, h, w, 3], meta) of the prepped edge visualizations."""
+        p = self.root / "featurevis" / "edges.json"
+        if not p.is_file():
+            return np.zeros(0, np.int64), None, None
+        meta = json.loads(p.read_text())
+        imgs = np.load(self.root / "featurevis" / "edges.npy", mmap_mode="r", allow_pickle=False)
+        return np.asarray(meta["edges"], np.int64), imgs, meta
 
     def exemplars(self, layer: str) -> Optional[np.ndarray]:
         p = self.root / "exemplars" / f"{safe_layer_file(layer)}.npy"

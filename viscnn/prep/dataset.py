@@ -57,14 +57,22 @@ class PrepDataset:
         img = self._tv[i][0]
         return np.asarray(img.convert("RGB" if self.channels == 3 else "L")).reshape(img.size[1], img.size[0], -1)
 
-    def to_tensor(self, raw: np.ndarray) -> torch.Tensor:
-        """uint8 [H,W,C] -> normalised float [C,H,W] at the model's size and channel count."""
+    def to_unit(self, raw: np.ndarray) -> torch.Tensor:
+        """uint8 [H,W,C] -> float [C,H,W] in [0, 1] at the model's size and channel count."""
         x = torch.from_numpy(np.ascontiguousarray(raw)).permute(2, 0, 1).float() / 255.0
         if x.shape[0] != self.channels:
             x = x.mean(0, keepdim=True) if self.channels == 1 else x.expand(3, -1, -1)
         if tuple(x.shape[1:]) != self.size:
             x = torch.nn.functional.interpolate(x[None], size=self.size, mode="bilinear", align_corners=False, antialias=True)[0]
-        return (x - self.mean) / self.std
+        return x
+
+    def to_tensor(self, raw: np.ndarray) -> torch.Tensor:
+        """uint8 [H,W,C] -> the model's normalised input [C,H,W]."""
+        return (self.to_unit(raw) - self.mean) / self.std
+
+    def unit_batch(self, positions: Sequence[int]) -> torch.Tensor:
+        """Un-normalised [B, C, H, W] in [0, 1] (what the feature-visualization code takes)."""
+        return torch.stack([self.to_unit(self.raw(int(p))) for p in positions])
 
     def batch(self, positions: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
         x = torch.stack([self.to_tensor(self.raw(p)) for p in positions])

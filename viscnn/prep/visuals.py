@@ -20,29 +20,35 @@ def _settings(ctx) -> dict:
             "normalize": (pp["mean"], pp["std"]), "batch_size": 64, "device": cfg["run"]["device"]}
 
 
-def _real_batches(ctx, limit: int = VALIDATION_IMAGES, batch_size: int = 250):
-    n = min(limit, len(ctx.data))
-    # a fixed stride through the selection covers every class
-    pos = np.linspace(0, len(ctx.data) - 1, n).astype(np.int64)
-    for s in range(0, n, batch_size):
-        yield ctx.data.batch(pos[s:s + batch_size])
+def _validation_positions(ctx, limit: int = VALIDATION_IMAGES) -> np.ndarray:
+    """A fixed stride through the selection, so every class is represented."""
+    return np.linspace(0, len(ctx.data) - 1, min(limit, len(ctx.data))).astype(np.int64)
+
+
+def _unit_batches(ctx, positions: np.ndarray, batch_size: int = 250):
+    for s in range(0, len(positions), batch_size):
+        yield ctx.data.unit_batch(positions[s:s + batch_size])
 
 
 def featurevis_stage(ctx) -> dict:
     from viscnn.featurevis.render import render_edges, render_layer
+    from viscnn.featurevis.validate import validate
 
-    validate = _validator()
     kw = _settings(ctx)
+    norm = kw["normalize"]
     done_key = json.dumps({k: v for k, v in kw.items() if k != "device"}, sort_keys=True, default=list)
     out = ctx.out / "featurevis"
+    real = _validation_positions(ctx)
+    beats, total = 0, 0
     for layer in ctx.graph.conv_layers():
         meta = out / f"{layer.name}.json"
         if meta.is_file() and json.loads(meta.read_text()).get("key") == done_key and (out / f"{layer.name}.npy").is_file():
+            d = json.loads(meta.read_text())
+            beats, total = beats + sum(d["beats_real"]), total + len(d["beats_real"])
             continue
         ctx.log(f"[featurevis] {layer.name}: {layer.channels} units")
-        res = render_layer(ctx.model, layer.name, **kw)
-        if validate is not None:
-            res = validate(ctx.model, res, _real_batches(ctx))
+        res = validate(render_layer(ctx.model, layer.name, **kw), ctx.model, _unit_batches(ctx, real), norm)
+        beats, total = beats + int(res.beats_real.sum()), total + len(res.beats_real)
         atomic_save_npy(out / f"{layer.name}.npy", res.images)
         atomic_write_text(meta, json.dumps(res.to_json() | {"key": done_key}))
     edges = _top_incoming_edges(ctx, ctx.cfg["featurevis"]["edges_per_node"])
@@ -52,18 +58,12 @@ def featurevis_stage(ctx) -> dict:
             ctx.log(f"[featurevis] {len(edges)} edges")
             g = ctx.graph
             triples = [(g.layers[int(g.edges[e, 0])].name, int(g.edges[e, 1]), int(g.edges[e, 2])) for e in edges]
-            res = render_edges(ctx.model, triples, graph=g, **kw)
+            res = validate(render_edges(ctx.model, triples, graph=g, **kw), ctx.model, _unit_batches(ctx, real), norm)
             atomic_save_npy(out / "edges.npy", res.images)
             atomic_write_text(emeta, json.dumps(res.to_json() | {"key": done_key, "edges": [int(e) for e in edges]}))
-    return {"featurevis": {"layers": [l.name for l in ctx.graph.conv_layers()], "edges": int(len(edges))}}
-
-
-def _validator():
-    try:
-        from viscnn.featurevis.validate import validate
-    except ImportError:
-        return None
-    return validate
+    ctx.log(f"[featurevis] {beats}/{total} unit visualizations beat their best real image")
+    return {"featurevis": {"layers": [l.name for l in ctx.graph.conv_layers()], "edges": int(len(edges)),
+                           "units_beating_real": beats, "units": total}}
 
 
 def _top_incoming_edges(ctx, k: int) -> np.ndarray:
@@ -83,13 +83,20 @@ def _top_incoming_edges(ctx, k: int) -> np.ndarray:
 
 
 def exemplars_stage(ctx) -> dict:
-    from viscnn.featurevis.exemplars import layer_exemplars
+    from viscnn.featurevis.exemplars import exemplar_crops, top_exemplars
+    from viscnn.receptive_field import ReceptiveFields
 
     k = ctx.cfg["exemplars"]["k"]
+    pp = ctx.cfg["preprocess"]
     out = ctx.out / "exemplars"
     names = [l.name for l in ctx.graph.conv_layers()]
-    result = layer_exemplars(ctx.model, names, ctx.data, k=k, batch_size=ctx.cfg["run"]["batch_size"])
-    for name, (crops, meta) in result.items():
+    everything = np.arange(len(ctx.data))
+    ex = top_exemplars(ctx.model, names, _unit_batches(ctx, everything, ctx.cfg["run"]["batch_size"]), k=k,
+                       normalize=(pp["mean"], pp["std"]), device=ctx.cfg["run"]["device"])
+    rf = ReceptiveFields(ctx.model, tuple(pp["size"]), pp["channels"])
+    source = lambda i: ctx.data.unit_batch([int(i)]).numpy()  # noqa: E731  (index -> [1, C, H, W])
+    for name in names:
+        crops = exemplar_crops(source, ex[name], rf, size=tuple(pp["size"]))
         atomic_save_npy(out / f"{name}.npy", crops)
-        atomic_write_text(out / f"{name}.json", json.dumps(meta))
+        atomic_write_text(out / f"{name}.json", json.dumps(ex[name].to_json()))
     return {"exemplars": {"k": k, "layers": names}}
