@@ -1,0 +1,96 @@
+"""How well a circuit alone reproduces the target: a copy of the model with every kernel outside
+the circuit zeroed is run on the image set, and its per-image target values are compared with
+the full model's (Pearson, Spearman, relative error), next to random circuits of equal size
+(the same number of kernels in every layer)."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from viscnn.errors import ViscnnError
+from viscnn.graph.structure import Graph
+from viscnn.importance.capture import capture, layer_modules
+from viscnn.importance.circuits import Circuit
+from viscnn.importance.targets import Target
+from viscnn.model_copy import working_copy
+
+
+def masked_model(model: nn.Module, graph: Graph, edges: np.ndarray) -> nn.Module:
+    """A working copy in which every kernel (conv or class-layer block) not in ``edges`` is zero."""
+    m = working_copy(model)
+    keep = np.zeros(graph.num_edges, bool)
+    keep[np.asarray(edges, np.int64)] = True
+    mods = layer_modules(m, graph)
+    with torch.no_grad():
+        for layer in graph.layers:
+            if layer.kind == "input":
+                continue
+            k = torch.from_numpy(keep[layer.edge_offset:layer.edge_offset + layer.num_edges])
+            w = mods[layer.name].weight
+            if layer.kind == "conv":
+                mask = k.view(w.shape[0], w.shape[1], 1, 1)
+            else:
+                mask = k.view(w.shape[0], layer.in_channels, 1).expand(-1, -1, w.shape[1] // layer.in_channels).reshape(w.shape)
+            w.mul_(mask.to(w.dtype).to(w.device))
+    return m
+
+
+def random_edges(graph: Graph, circuit_edges: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random kernels, as many per layer as the circuit has."""
+    lay = graph.edges[np.asarray(circuit_edges, np.int64), 0]
+    out = []
+    for li, n in zip(*np.unique(lay, return_counts=True)):
+        l = graph.layers[int(li)]
+        out.append(l.edge_offset + rng.choice(l.num_edges, size=int(n), replace=False))
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+
+def compare(full: np.ndarray, part: np.ndarray) -> Dict[str, Optional[float]]:
+    from scipy.stats import pearsonr, spearmanr
+
+    ok = len(full) > 1 and np.std(full) > 0 and np.std(part) > 0
+    pr = float(pearsonr(full, part)[0]) if ok else None
+    sr = float(spearmanr(full, part)[0]) if ok else None
+    denom = float(np.mean(np.abs(full)))
+    rel = float(np.mean(np.abs(part - full)) / denom) if denom > 0 else None
+    return {"pearson": pr, "spearman": sr, "relative_error": rel}
+
+
+def faithfulness(model: nn.Module, graph: Graph, target: Target, circuit: Circuit,
+                 batches: Iterable, n_random: int = 5, seed: int = 0, device=None) -> dict:
+    """Faithfulness report of ``circuit`` over ``batches`` of ``(x, labels or None)`` (one pass).
+
+    For ``loss`` without labels, the full model's predictions are the labels of every copy.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    rng = np.random.default_rng(seed)
+    variants = {"full": working_copy(model), "circuit": masked_model(model, graph, circuit.edges)}
+    for r in range(n_random):
+        variants[f"random{r}"] = masked_model(model, graph, random_edges(graph, circuit.edges, rng))
+    vals: Dict[str, List[np.ndarray]] = {k: [] for k in variants}
+    mods = {k: layer_modules(m.to(device), graph) for k, m in variants.items()}
+    for x, y in batches:
+        x = x.to(device)
+        labels = y.to(device) if y is not None else None
+        for k, m in variants.items():
+            cap = capture(m, mods[k], graph, target, x, labels, clone=True, need_grads=False)
+            if k == "full" and labels is None and cap.logits is not None:
+                labels = cap.logits.argmax(1)
+            vals[k].append(cap.values.double().cpu().numpy())
+    if not vals["full"]:
+        raise ViscnnError("no images for the faithfulness check")
+    v = {k: np.concatenate(a) for k, a in vals.items()}
+    rand = [compare(v["full"], v[f"random{r}"]) for r in range(n_random)]
+    summary = {}
+    for key in ("pearson", "spearman", "relative_error"):
+        xs = [r[key] for r in rand if r[key] is not None]
+        summary[key] = float(np.mean(xs)) if xs else None
+        summary[key + "_std"] = float(np.std(xs)) if xs else None
+    return {"images": int(len(v["full"])), "nodes": int(len(circuit.nodes)), "edges": int(len(circuit.edges)),
+            "total_edges": int(graph.num_edges), "circuit": compare(v["full"], v["circuit"]),
+            "random": summary, "random_circuits": n_random,
+            "target_mean": float(np.mean(v["full"])), "circuit_target_mean": float(np.mean(v["circuit"]))}
