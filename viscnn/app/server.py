@@ -44,6 +44,9 @@ def create_app(models_dir=None, model: str = "fmnist", snapshot: Optional[str] =
     app = dash.Dash(__name__, title="viscnn", assets_folder=str(REPO_DIR / "assets"),
                     suppress_callback_exceptions=True, background_callback_manager=manager,
                     update_title=None)
+    # fetch plotly.js with the other bundles (dcc.Graph only asks for it once the layout has arrived)
+    app.index_string = app.index_string.replace(
+        "{%css%}", '{%css%}<link rel="preload" as="script" href="/_dash-component-suites/plotly/package_data/plotly.min.js">')
     app.layout = build_layout(models)
     if start_search:
         _redirect_root(app.server, start_search)

@@ -69,7 +69,7 @@ def decode_image(data: bytes, channels: int, size: Tuple[int, int], max_pixels: 
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
                 raise ViscnnError(f"the image is too large (a decompression bomb; at most {max_pixels} pixels)") from None
             except UnidentifiedImageError:
-                raise ViscnnError("the file is not an image Pillow can read (upload a PNG or JPEG)") from None
+                raise ViscnnError("the file is not an image Pillow can read, or it is corrupt (upload a PNG or JPEG)") from None
             except ViscnnError:
                 raise
             except (OSError, SyntaxError, ValueError, EOFError) as e:

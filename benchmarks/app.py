@@ -1,0 +1,167 @@
+"""App benchmark: server-side time and payload of a threshold change, and first paint in Chromium.
+
+  .venv/bin/python benchmarks/app.py [--skip-alexnet] [--skip-browser]
+
+Threshold changes are replayed through Dash's real HTTP endpoint (Flask test client, so no network
+time) for every callback a change triggers; the figure callback is reported separately. Models: the
+default prepped model (``fmnist`` under prepped_models/, or the tiny test fixture when it is not
+prepped yet) and a prepped *random* AlexNet (250,048 kernel edges) written to a temp folder.
+Goals: <= 150 ms and <= 2 MB per threshold change; first paint of the default model <= 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+GOAL_MS, GOAL_MB, GOAL_PAINT = 150.0, 2.0, 3.0
+
+
+def _callback_key(app, needle: str) -> str:
+    return next(k for k in app.callback_map if needle in k)
+
+
+def _post(client, app, needle, inputs, changed, state=()):
+    key = _callback_key(app, needle)
+    outs = [{"id": o.split(".")[0], "property": o.split(".")[1]} for o in key.strip(".").split("...")]
+    body = {"output": key, "outputs": outs if len(outs) > 1 else outs[0], "inputs": inputs,
+            "changedPropIds": changed, "state": list(state)}
+    t = time.perf_counter()
+    r = client.post("/_dash-update-component", json=body)
+    dt = time.perf_counter() - t
+    if r.status_code not in (200, 204):
+        raise RuntimeError(f"{needle}: HTTP {r.status_code}: {r.data[:300]}")
+    return dt, len(r.data)
+
+
+def threshold_bench(models_dir, name: str, values, mode: str = "mass") -> dict:
+    from viscnn.app import state as st
+    from viscnn.app.callbacks_state import CONTROLS
+    from viscnn.app.server import create_app
+
+    app = create_app(models_dir, name)
+    client = app.server.test_client()
+    s0 = app.viscnn.defaults(name)
+    s0.update(mode=mode)
+
+    def one(value, warm=False):
+        s = dict(s0, value=value)
+        ctl = [{"id": c, "property": p, "value": v} for (c, p), v in
+               zip(CONTROLS, [s["model"], s["target"], s["set"], s["metric"], s["mode"], s["value"], s["layout"],
+                              ["relu"], s["image"], s["sel"], s["ablate"]])]
+        t_sync, b_sync = _post(client, app, "url.search", [{"id": "url", "property": "search", "value": st.encode(s0)}] + ctl,
+                               ["value.value"], [{"id": "state", "property": "data", "value": s0}])
+        t_fig, b_fig = _post(client, app, "graph3d.figure", [{"id": "state", "property": "data", "value": s},
+                                                              {"id": "scores-ready", "property": "data", "value": None}],
+                             ["state.data"])
+        t_pan, b_pan = _post(client, app, "panel.children", [{"id": "state", "property": "data", "value": s}], ["state.data"])
+        t_gal, b_gal = _post(client, app, "gallery.children", [{"id": "state", "property": "data", "value": s}], ["state.data"])
+        c = app.viscnn.resolve(s).circuit
+        return {"circuit_edges": len(c.edges), "fig_ms": t_fig * 1e3, "fig_bytes": b_fig, "all_ms": (t_sync + t_fig + t_pan + t_gal) * 1e3,
+                "all_bytes": b_sync + b_fig + b_pan + b_gal}
+
+    one(values[0])  # warm: model load, score rows, positions
+    runs = [one(v) for v in values[1:]]
+    g = app.viscnn.prepped(name).graph
+    return {"model": name, "edges": g.num_edges, "nodes": g.num_nodes, "changes": len(runs),
+            "circuit_edges": [r["circuit_edges"] for r in runs],
+            "figure_ms_median": statistics.median(r["fig_ms"] for r in runs),
+            "figure_ms_max": max(r["fig_ms"] for r in runs),
+            "figure_MB_max": max(r["fig_bytes"] for r in runs) / 1e6,
+            "all_callbacks_ms_median": statistics.median(r["all_ms"] for r in runs),
+            "all_callbacks_ms_max": max(r["all_ms"] for r in runs),
+            "all_callbacks_MB_max": max(r["all_bytes"] for r in runs) / 1e6}
+
+
+def first_paint(models_dir, name: str) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    from app_fixture import free_port, start_server
+    from test_browser import ARGS
+
+    port = free_port()
+    proc = start_server(models_dir, name, port)
+    out = {}
+    try:
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+            for label in ("first_paint_cold_s", "first_paint_warm_s"):
+                pg = b.new_page(viewport={"width": 1400, "height": 1000})
+                t = time.perf_counter()
+                pg.goto(f"http://127.0.0.1:{port}/")
+                pg.wait_for_selector("#drawn-count", timeout=60000)
+                pg.wait_for_selector("#graph3d .gl-container canvas", state="attached", timeout=60000)
+                pg.wait_for_function("() => { const g = document.querySelector('#graph3d .js-plotly-plot');"
+                                     " return g && g._fullLayout && g._fullLayout.scene && g.data.length > 0; }")
+                out[label] = time.perf_counter() - t
+                pg.close()
+            b.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return out
+
+
+def default_model(tmp: Path):
+    from viscnn.paths import default_models_dir
+    from viscnn.prepped import list_models
+
+    if "fmnist" in list_models(default_models_dir()):
+        return default_models_dir(), "fmnist", False
+    from app_fixture import make_prepped
+
+    make_prepped(tmp, "tiny")
+    return tmp, "tiny", True
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--skip-alexnet", action="store_true")
+    ap.add_argument("--skip-browser", action="store_true")
+    args = ap.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        mdir, name, fixture = default_model(tmp / "default")
+        if fixture:
+            print("note: prepped_models/fmnist is missing; using the tiny test fixture as the default model")
+        results["default"] = threshold_bench(mdir, name, [0.5, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9])
+        if not args.skip_alexnet:
+            from app_fixture import make_prepped
+
+            t = time.perf_counter()
+            make_prepped(tmp / "big", "alexnet", spec="torchvision:alexnet", input_shape=(3, 224, 224),
+                         include_classes=False, n_images=2, fv_size=8)
+            print(f"prepped random AlexNet in {time.perf_counter() - t:.1f}s")
+            results["alexnet"] = threshold_bench(tmp / "big", "alexnet", [0.5, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9])
+            results["alexnet_topk"] = threshold_bench(tmp / "big", "alexnet", [1000, 5000, 20000, 100000], mode="topk")
+        if not args.skip_browser:
+            results["paint"] = first_paint(mdir, name)
+    print(json.dumps(results, indent=1))
+    ok = True
+    for k, r in results.items():
+        if "figure_ms_median" in r:
+            good = r["all_callbacks_ms_median"] <= GOAL_MS and r["all_callbacks_MB_max"] <= GOAL_MB
+            ok &= good
+            print(f"{k}: threshold change {r['all_callbacks_ms_median']:.0f} ms median (figure callback "
+                  f"{r['figure_ms_median']:.0f} ms), payload {r['all_callbacks_MB_max']:.2f} MB max "
+                  f"-> {'OK' if good else 'MISSES GOAL'} (goal {GOAL_MS:.0f} ms, {GOAL_MB} MB)")
+    if "paint" in results:
+        good = results["paint"]["first_paint_warm_s"] <= GOAL_PAINT
+        ok &= good
+        print(f"first paint: {results['paint']['first_paint_cold_s']:.2f} s cold server, "
+              f"{results['paint']['first_paint_warm_s']:.2f} s warm -> {'OK' if good else 'MISSES GOAL'} (goal {GOAL_PAINT} s)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""App building blocks that need no prepped model: URL state, upload decoding, figure builders."""
+
+import base64
+import io
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from viscnn.app import state as st
+from viscnn.app.figures import graph3d
+from viscnn.app.figures.panels import heatmap, image_figure, kernel_rgb
+from viscnn.app.uploads import data_url_bytes, decode_image
+from viscnn.errors import ViscnnError
+from viscnn.graph import build_graph
+
+
+# -- URL state ------------------------------------------------------------------------------------
+DEFAULTS = st.default_state("m", ["taylor", "taylor_signed"], ["mds", "pca", "grid"], ["000.png"])
+
+
+def test_state_roundtrip():
+    s = dict(DEFAULTS, target="class:Sneaker - 0.5*unit:conv2:3", set="Sneaker - all", mode="topk", value=250,
+             layout="grid", relu=False, sel="conv1:4", ablate=["conv1:2", "e17"], image="up:abcdef")
+    back, warns = st.decode(st.encode(s), DEFAULTS, ["taylor", "taylor_signed"], ["mds", "pca", "grid"])
+    assert warns == []
+    assert back == dict(s, value=250.0)
+
+
+def test_state_bad_values_fall_back_with_warnings():
+    back, warns = st.decode("?metric=nope&layout=zzz&mode=weird&value=abc&relu=0", DEFAULTS, ["taylor"], ["mds"])
+    assert back["metric"] == "taylor" and back["layout"] == "mds" and back["mode"] == "mass"
+    assert back["value"] == DEFAULTS["value"] and back["relu"] is False
+    assert len(warns) == 4 and any("nope" in w for w in warns)
+    assert st.decode("", DEFAULTS, ["taylor"], ["mds"]) == (DEFAULTS, [])
+
+
+@pytest.mark.parametrize("mode,value,expect", [("mass", 0.4, {"mass": 0.4}), ("topk", 30, {"keep": 30}),
+                                               ("score", -1.5, {"min_score": -1.5})])
+def test_threshold_kwargs(mode, value, expect):
+    assert st.threshold_kwargs(mode, value) == expect
+
+
+@pytest.mark.parametrize("mode,value", [("mass", 0), ("mass", 1.5), ("topk", 2.5), ("topk", 0), ("score", "x"),
+                                        ("mass", None), ("mass", float("nan")), ("bogus", 1)])
+def test_threshold_kwargs_rejects(mode, value):
+    with pytest.raises(ViscnnError):
+        st.threshold_kwargs(mode, value)
+
+
+# -- uploads ------------------------------------------------------------------------------------------
+def _encode(img: Image.Image, fmt="PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_decode_png_and_jpeg_to_model_shape():
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    g = decode_image(_encode(Image.fromarray(rgb)), 1, (28, 28))
+    assert g.shape == (28, 28) and g.dtype == np.uint8
+    c = decode_image(_encode(Image.fromarray(rgb), "JPEG", quality=95), 3, (32, 32))
+    assert c.shape == (32, 32, 3)
+    # centre crop then resize: a uniform image stays uniform
+    flat = decode_image(_encode(Image.new("L", (50, 30), 77)), 1, (28, 28))
+    assert (flat == 77).all()
+
+
+def test_decode_alpha_and_16bit():
+    rgba = Image.new("RGBA", (20, 20), (0, 0, 0, 0))  # fully transparent -> white background
+    assert (decode_image(_encode(rgba), 1, (10, 10)) == 255).all()
+    a16 = (np.arange(400, dtype=np.uint16).reshape(20, 20) * 100)
+    out = decode_image(_encode(Image.fromarray(a16)), 1, (20, 20))
+    assert out.min() == 0 and out.max() == 255
+
+
+@pytest.mark.parametrize("data,msg", [
+    (b"", "empty"),
+    (b"hello, this is text", "not an image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "corrupt"),
+])
+def test_decode_rejects_garbage(data, msg):
+    with pytest.raises(ViscnnError, match=msg):
+        decode_image(data, 1, (28, 28))
+
+
+def test_decode_rejects_truncated_gif_bomb_and_odd_shapes():
+    good = _encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 60), dtype=np.uint8)))
+    with pytest.raises(ViscnnError, match="corrupt|truncated"):
+        decode_image(good[: len(good) // 2], 1, (28, 28))
+    with pytest.raises(ViscnnError, match="unsupported image format GIF"):
+        decode_image(_encode(Image.new("L", (10, 10)), "GIF"), 1, (28, 28))
+    bomb = _encode(Image.new("1", (20000, 20000)))  # small file, 400 M pixels
+    assert len(bomb) < 200_000
+    with pytest.raises(ViscnnError, match="too large"):
+        decode_image(bomb, 1, (28, 28))
+    with pytest.raises(ViscnnError, match="odd shape"):
+        decode_image(_encode(Image.new("L", (2000, 3))), 1, (28, 28))
+
+
+def test_decode_restores_pillow_limit():
+    before = Image.MAX_IMAGE_PIXELS
+    decode_image(_encode(Image.new("L", (8, 8))), 1, (4, 4))
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_data_url_bytes():
+    assert data_url_bytes("data:image/png;base64," + base64.b64encode(b"abc").decode()) == b"abc"
+    for bad in ("", "nocomma", "data:image/png,abc", "data:x;base64,@@@"):
+        with pytest.raises(ViscnnError):
+            data_url_bytes(bad)
+    with pytest.raises(ViscnnError, match="larger"):
+        data_url_bytes("data:x;base64," + "A" * 4000, max_bytes=1000)
+
+
+# -- figures ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def graph():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3, groups=2), nn.ReLU(), nn.Conv2d(6, 5, 1))
+    return build_graph(m, (12, 12))
+
+
+def test_node_positions(graph):
+    xy = np.random.default_rng(0).normal(size=(graph.num_nodes, 2))
+    pos = graph3d.node_positions(graph, xy)
+    for l in graph.layers:
+        sl = slice(l.node_offset, l.node_offset + l.channels)
+        assert np.allclose(pos[sl, 0], l.depth * graph3d.LAYER_GAP)
+        assert np.allclose(pos[sl, 1:].mean(0), 0, atol=1e-5)
+    # within a layer, positions are the layout up to one scale and shift
+    l = graph.layers[2]
+    sl = slice(l.node_offset, l.node_offset + l.channels)
+    d_layout = np.linalg.norm(xy[sl][:, None] - xy[sl][None], axis=-1)
+    d_pos = np.linalg.norm(pos[sl, 1:][:, None] - pos[sl, 1:][None], axis=-1)
+    ratio = d_pos[d_layout > 0] / d_layout[d_layout > 0]
+    assert np.allclose(ratio, ratio[0], rtol=1e-4)
+
+
+def test_select_drawn_matches_sorting_reference():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=500)
+    edges = np.sort(rng.choice(500, 200, replace=False))
+    got = graph3d.select_drawn(edges, scores, 50)
+    ref = np.sort(sorted(edges, key=lambda e: -abs(scores[e]))[:50])
+    assert np.array_equal(got, ref)
+    assert np.array_equal(graph3d.select_drawn(edges, scores, 1000), edges)
+
+
+def test_edge_traces_cover_each_link_once(graph):
+    rng = np.random.default_rng(2)
+    pos = graph3d.node_positions(graph, rng.normal(size=(graph.num_nodes, 2)))
+    scores = rng.normal(size=graph.num_edges)
+    drawn = np.arange(0, graph.num_edges, 2)
+    traces = graph3d.edge_traces(graph, pos, drawn, scores)
+    assert 1 <= len(traces) <= 2 * graph3d.N_BUCKETS
+    seen = []
+    for t in traces:
+        x = t["x"]
+        assert len(x) % 3 == 0 and all(x[i] is None for i in range(2, len(x), 3))
+        neg = t["line"]["color"].startswith(f"rgba({graph3d.NEG_COLOR[0]},")
+        for k in range(0, len(x), 3):
+            e = -t["customdata"][k] - 1
+            seen.append(e)
+            assert (scores[e] < 0) == neg
+            src = graph.links[graph.links[:, 0] == e, 1][0]
+            tgt = graph.edge_target[e]
+            assert math.isclose(x[k], round(float(pos[src, 0]), 3)) and math.isclose(x[k + 1], round(float(pos[tgt, 0]), 3))
+            assert math.isclose(t["y"][k + 1], round(float(pos[tgt, 1]), 3), abs_tol=1e-3)
+    assert sorted(seen) == sorted(drawn.tolist())
+    # bigger |score| never gets a thinner line than a smaller one
+    width = {-t["customdata"][k] - 1: t["line"]["width"] for t in traces for k in range(0, len(t["x"]), 3)}
+    order = sorted(width, key=lambda e: abs(scores[e]))
+    assert all(width[a] <= width[b] for a, b in zip(order, order[1:]))
+
+
+def test_graph_figure_counts(graph):
+    rng = np.random.default_rng(3)
+    pos = graph3d.node_positions(graph, rng.normal(size=(graph.num_nodes, 2)))
+    fig = graph3d.graph_figure(graph, pos, [0, 3, 5], np.array([1, 4, 9]), rng.random(graph.num_nodes),
+                               rng.random(graph.num_edges), selected=3)
+    assert graph3d.count_drawn(fig) == 3
+    nodes = next(t for t in fig["data"] if t["name"] == "nodes")
+    assert nodes["customdata"] == list(range(graph.num_nodes)) and nodes["marker"]["size"][3] == 16
+    assert nodes["marker"]["color"][1] == -1.0 and nodes["marker"]["color"][0] >= 0
+
+
+def test_kernel_rgb_and_heatmaps():
+    k = np.array([[1.0, 0.0], [-1.0, 0.5]])
+    rgb = kernel_rgb(k)
+    assert tuple(rgb[0, 1]) == (255, 255, 255)  # zero is white
+    assert rgb[0, 0, 0] > rgb[0, 0, 2] and rgb[1, 0, 2] > rgb[1, 0, 0]  # red positive, blue negative
+    assert kernel_rgb(k, upscale=4).shape == (8, 8, 3)
+    h = heatmap(np.arange(6.0).reshape(2, 3) - 2)
+    assert h["data"][0]["zmin"] == -3 and h["data"][0]["zmax"] == 3
+    f = image_figure(np.zeros((10, 12), np.uint8), box=(1, 4, 2, 6))
+    r = f["layout"]["shapes"][0]
+    assert (r["x0"], r["x1"], r["y0"], r["y1"]) == (1.5, 5.5, 0.5, 3.5)
+    assert f["data"][0]["source"].startswith("data:image/png;base64,")
