@@ -98,7 +98,10 @@ def test_kill_and_resume_is_identical(tmp_path):
     p.wait()
     man = json.loads((out / "tiny" / "manifest.json").read_text())
     assert "scores" not in man["stages"], "the kill landed after scoring finished; the test proves nothing"
+    if not cursor.is_file():  # killed between the two renames of a checkpoint switch
+        cursor = cursor.parent.parent / "rank0of1.old" / "cursor.json"
     done_before = json.loads(cursor.read_text())["cursor"]
+    assert done_before < 19  # 80 images in batches of 4: the kill left batches to do
     r = subprocess.run(prep_cmd(cfg, out), capture_output=True, text=True, env=env(VISCNN_CHECKPOINT_SECONDS=0))
     assert r.returncode == 0, r.stderr
     assert done_before >= 3
@@ -118,7 +121,7 @@ def test_torchrun_two_processes_equals_one(tmp_path):
            "-m", "viscnn", "prep", str(cfg), "--out", str(two)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (two / "tiny" / "scores" / "_partial" / "rank1of2").is_dir()  # really ran on two ranks
+    assert json.loads((two / "tiny" / "manifest.json").read_text())["score_ranks"] == 2  # really ran on two ranks
     a, b = arrays(one / "tiny"), arrays(two / "tiny")
     assert a.keys() == b.keys()
     for k in a:

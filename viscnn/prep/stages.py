@@ -95,12 +95,15 @@ def stage_kernels(ctx: Context):
 def stage_scores(ctx: Context):
     from viscnn.prep.scoring import score_dataset
 
-    means, counts = score_dataset(ctx)
+    means, counts = score_dataset(ctx)  # under torchrun, returns after every rank's sums are reduced
     if ctx.rank == 0:
         for metric, (nodes, edges) in means.items():
             atomic_save_npy(ctx.out / "scores" / metric / "nodes.npy", nodes.astype(np.float32))
             atomic_save_npy(ctx.out / "scores" / metric / "edges.npy", edges.astype(np.float32))
-    return {"image_counts": [int(c) for c in counts]}
+        import shutil
+
+        shutil.rmtree(ctx.out / "scores" / "_partial", ignore_errors=True)  # checkpoints are no longer needed
+    return {"image_counts": [int(c) for c in counts], "score_ranks": ctx.world}
 
 
 # -- layouts ---------------------------------------------------------------------------
