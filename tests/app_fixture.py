@@ -120,6 +120,10 @@ def make_prepped(root, name: str = "tiny", *, spec: Optional[str] = None, input_
         atomic_write_text(d / "exemplars" / f"{layer.name}.json", json.dumps(
             {"image_index": rng.integers(0, 100, size=(n, 3)).tolist(), "value": rng.random((n, 3)).tolist()}))
 
+    some = np.arange(0, graph.num_edges, 7)
+    atomic_save_npy(d / "featurevis" / "edges.npy", rng.integers(0, 256, size=(len(some), fv_size, fv_size, 3), dtype=np.uint8))
+    atomic_write_text(d / "featurevis" / "edges.json", json.dumps({"edges": some.tolist()}))
+
     index = []
     yy, xx = np.mgrid[0:h, 0:w]
     for k in range(n_images):

@@ -242,6 +242,11 @@ def test_routes_serve_only_prepped_data(app, actx, pm, s):
     assert c.get(f"/viscnn-img/{name}/kernel/0.png").mimetype == "image/png"
     assert c.get(f"/viscnn-img/{name}/ex/{node}/0.png").mimetype == "image/png"
     assert c.get(f"/viscnn-img/{name}/input/{s['image']}").mimetype == "image/png"
+    edges, imgs, _ = pm.edge_featurevis()
+    if imgs is not None and len(edges):
+        assert c.get(f"/viscnn-img/{name}/efv/{edges[0]}.png").mimetype == "image/png"
+        missing = next(e for e in range(g.num_edges) if e not in set(edges.tolist()))
+        assert c.get(f"/viscnn-img/{name}/efv/{missing}.png").status_code == 404
     for bad in (f"/viscnn-img/{name}/fv/0.png", f"/viscnn-img/{name}/fv/99999.png", f"/viscnn-img/nosuch/fv/1.png",
                 f"/viscnn-img/{name}/kernel/{g.num_edges}.png", f"/viscnn-img/{name}/input/img:nosuch.png",
                 f"/viscnn-img/{name}/input/img:..%2Fmanifest.json", f"/viscnn-img/{name}/input/up:0000"):

@@ -19,6 +19,7 @@ from viscnn.errors import ViscnnError
 _MODELS: Dict[str, object] = {}
 _CACHE: "OrderedDict[tuple, Activations]" = OrderedDict()
 _LOCK = threading.Lock()
+_RUN_LOCK = threading.Lock()  # hooks live on the shared model: one forward pass at a time
 CACHE_SIZE = 24
 
 
@@ -118,16 +119,17 @@ def _run(pm, arr, ablate) -> Activations:
             return out
         return f
 
-    for layer in graph.layers[1:]:
-        hooks.append(modules[layer.name].register_forward_hook(hook(layer.name)))
-    try:
-        with torch.no_grad():
-            y = model(x)
-    except Exception as e:
-        raise ViscnnError(f"running the model failed: {type(e).__name__}: {e}") from None
-    finally:
-        for h in hooks:
-            h.remove()
+    with _RUN_LOCK:
+        for layer in graph.layers[1:]:
+            hooks.append(modules[layer.name].register_forward_hook(hook(layer.name)))
+        try:
+            with torch.no_grad():
+                y = model(x)
+        except Exception as e:
+            raise ViscnnError(f"running the model failed: {type(e).__name__}: {e}") from None
+        finally:
+            for h in hooks:
+                h.remove()
     logits = y[0].detach().numpy().astype(np.float32).reshape(-1) if hasattr(y, "detach") else np.zeros(0, np.float32)
     return Activations(ins, outs, x[0].numpy().astype(np.float32), logits)
 

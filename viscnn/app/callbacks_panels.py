@@ -106,7 +106,10 @@ def edge_panel(actx, s, e: int, acts, edge_scores):
                 f"score {float(edge_scores[e]):.3g}"),
         html.Div([html.Div([html.Div("kernel"), html.Img(src=routes.kernel_url(name, e), style={"width": "96px"},
                                                          className="pix")]),
-                  html.Div([html.Div("edge visualization (source -> target feature vis)"), html.Div(
+                  html.Div([html.Div("edge visualization"),
+                            html.Img(src=routes.edge_fv_url(name, e), className="pix", style={"width": "96px"})
+                            if routes.edge_image(pm, e) is not None else html.I("not prepped for this edge")]),
+                  html.Div([html.Div("source -> target feature vis"), html.Div(
                       [html.Img(src=routes.fv_url(name, n)) for n in (src, tgt)
                        if routes.node_image(pm, n, "fv") is not None], className="thumbs")])], className="row"),
         dcc.Graph(figure=P.heatmap(kern, "kernel"), config={"displayModeBar": False}),

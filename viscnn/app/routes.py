@@ -26,6 +26,19 @@ def kernel_url(model: str, edge: int) -> str:
     return f"{PREFIX}/{model}/kernel/{edge}.png"
 
 
+def edge_fv_url(model: str, edge: int) -> str:
+    return f"{PREFIX}/{model}/efv/{edge}.png"
+
+
+def edge_image(pm, edge: int):
+    """uint8 edge visualization of one kernel, or None when prep did not make one for it."""
+    edges, imgs, _ = pm.edge_featurevis()
+    if imgs is None:
+        return None
+    hit = np.flatnonzero(edges == int(edge))
+    return np.asarray(imgs[hit[0]]) if len(hit) else None
+
+
 def input_url(model: str, key: str) -> str:
     return f"{PREFIX}/{model}/input/{key}"
 
@@ -105,6 +118,13 @@ def register(server, ctx) -> None:
         if k.ndim != 2:
             k = k.reshape(1, -1)
         return png(kernel_rgb(k), upscale=max(1, 48 // max(k.shape)))
+
+    @server.route(f"{PREFIX}/<name>/efv/<int:edge>.png")
+    def _efv(name, edge):
+        a = edge_image(model(name), edge)
+        if a is None:
+            abort(404)
+        return png(a)
 
     @server.route(f"{PREFIX}/<name>/input/<key>")
     def _input(name, key):
