@@ -32,16 +32,25 @@ class Capture:
         for layer in sorted({l for l, _ in self.needs}):
             if layer not in mods or layer == "":
                 raise ViscnnError(f"no module {layer!r} in the model")
-            self._handles.append(mods[layer].register_forward_hook(self._hook(layer)))
+            if (layer, "in") in self.needs:  # a pre-hook: an input-only capture stops before the module runs
+                self._handles.append(mods[layer].register_forward_pre_hook(self._pre_hook(layer)))
+            if (layer, "out") in self.needs:
+                self._handles.append(mods[layer].register_forward_hook(self._hook(layer)))
+
+    def _done(self) -> None:
+        if self.early_exit and len(self.captured) == len(self.needs):
+            raise _Stop()
+
+    def _pre_hook(self, layer: str):
+        def hook(module, inputs):
+            self.captured[(layer, "in")] = inputs[0]
+            self._done()
+        return hook
 
     def _hook(self, layer: str):
         def hook(module, inputs, output):
-            if (layer, "out") in self.needs:
-                self.captured[(layer, "out")] = output
-            if (layer, "in") in self.needs:
-                self.captured[(layer, "in")] = inputs[0]
-            if self.early_exit and len(self.captured) == len(self.needs):
-                raise _Stop()
+            self.captured[(layer, "out")] = output
+            self._done()
         return hook
 
     def __call__(self, x: torch.Tensor) -> Dict[Tuple[str, str], torch.Tensor]:

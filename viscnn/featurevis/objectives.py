@@ -206,11 +206,56 @@ def _edge_maps(conv: nn.Conv2d, inp: torch.Tensor, outs: torch.Tensor, ins: torc
     return F.conv2d(inp, w, None, conv.stride, conv.padding, conv.dilation, groups=len(outs))
 
 
+def _unit_maps(conv: nn.Conv2d, inp: torch.Tensor, outs: torch.Tensor) -> torch.Tensor:
+    """inp [n, C_in, H, W] (row k for unit k) -> [1, n, H', W']: only output channel outs[k] of image k.
+
+    Rendering a conv unit needs one of the conv's output channels per image; computing just that
+    one (a grouped conv over the batch) skips (C_out - 1)/C_out of the target layer's work."""
+    n = len(outs)
+    per_in, per_out = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+    idx = (outs // per_out)[:, None] * per_in + torch.arange(per_in, device=inp.device)[None]  # [n, per_in]
+    sel = inp[torch.arange(n, device=inp.device)[:, None], idx]  # [n, per_in, H, W]
+    sel = sel.reshape(1, n * per_in, *sel.shape[2:])
+    w, b = conv.weight[outs], (conv.bias[outs] if conv.bias is not None else None)
+    if conv.padding_mode != "zeros":
+        sel = F.pad(sel, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+        return F.conv2d(sel, w, b, conv.stride, 0, conv.dilation, groups=n)
+    return F.conv2d(sel, w, b, conv.stride, conv.padding, conv.dilation, groups=n)
+
+
+def unit_needs(objectives: Sequence[Objective], modules: Dict[str, nn.Module]) -> set:
+    """What a *render* batch must capture: a conv's input (not its output) for channel/neuron atoms
+    of a Conv2d, so that :func:`diagonal_values` computes one channel per image and the forward
+    pass stops before the conv runs."""
+    out = set()
+    for o in objectives:
+        for _, a in o.terms:
+            if a.kind in ("channel", "neuron") and isinstance(modules.get(a.layer), nn.Conv2d):
+                out.add((a.layer, "in"))
+            else:
+                out.add(a.needs)
+    return out
+
+
 def _atom_values(kind: str, layer: str, atoms: List[Atom], captured: Dict[Tuple[str, str], torch.Tensor],
                  modules: Dict[str, nn.Module], bidx: Optional[torch.Tensor]) -> torch.Tensor:
     """Values of same-kind, same-layer atoms: [n] on images ``bidx`` (one per atom) or [n, B] on all."""
-    dev = captured[atoms[0].needs].device
+    dev = next(iter(captured.values())).device
     ch = torch.tensor([a.channel for a in atoms], device=dev)
+    if kind in ("channel", "neuron") and (layer, "out") not in captured:
+        inp = captured[(layer, "in")]
+        if bidx is not None:
+            out = _unit_maps(modules[layer], inp[bidx], ch)  # [1, n, H, W]
+        else:
+            out = modules[layer](inp)[:, ch]  # [B, n, H, W]
+        h, w = out.shape[2], out.shape[3]
+        if kind == "channel":
+            v = out.mean((-2, -1))
+        else:
+            ys = torch.tensor([h // 2 if a.y is None else a.y for a in atoms], device=dev)
+            xs = torch.tensor([w // 2 if a.x is None else a.x for a in atoms], device=dev)
+            v = out[:, torch.arange(len(atoms), device=dev), ys, xs]
+        return v[0] if bidx is not None else v.T
     if kind in ("edge", "edge_point"):
         inp = captured[(layer, "in")]
         ins = torch.tensor([a.in_channel for a in atoms], device=dev)

@@ -26,7 +26,7 @@ from torch import nn
 from viscnn.errors import ViscnnError
 from viscnn.featurevis.capture import Capture
 from viscnn.featurevis.objectives import (Objective, as_objective, channel, check_objectives, diagonal_values,
-                                          edge)
+                                          edge, unit_needs)
 from viscnn.featurevis.param import FourierImage
 from viscnn.featurevis.transform import TransformSpec, random_transform, step_generator
 from viscnn.model_copy import working_copy
@@ -75,9 +75,12 @@ class _RedirectedReLUFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        relu_grad = torch.where(x < 0, torch.zeros_like(g), g)
-        redirected = torch.where((x < 0) & (g > 0), torch.zeros_like(g), g)  # never push negatives lower
-        alive = relu_grad.flatten(1).abs().amax(1) > 0
+        neg = x < 0
+        relu_grad = g.masked_fill(neg, 0)
+        alive = relu_grad.flatten(1).ne(0).any(1)
+        if bool(alive.all()):
+            return relu_grad
+        redirected = g.masked_fill(neg & (g > 0), 0)  # never push negatives lower
         return torch.where(alive.view(-1, *([1] * (g.dim() - 1))), relu_grad, redirected)
 
 
@@ -168,10 +171,12 @@ def render(model: nn.Module, objectives: Sequence[Union[str, Objective]], size=(
     needs = set().union(*(o.needs for o in objs))
     spec = TransformSpec.for_size((h, w))
     images, final, start = [], [], []
-    with Capture(net, needs, early_exit) as cap:
-        with torch.no_grad():
-            shapes = {k: tuple(v.shape) for k, v in cap(norm(torch.full((1, c, h, w), 0.5, device=dev))).items()}
-        check_objectives(objs, net, shapes)
+    with Capture(net, needs, early_exit=True) as cap, torch.no_grad():
+        shapes = {k: tuple(v.shape) for k, v in cap(norm(torch.full((1, c, h, w), 0.5, device=dev))).items()}
+    check_objectives(objs, net, shapes)
+    # early exit: capture conv inputs and compute only each image's own channel; otherwise the
+    # whole model runs (the one-unit-at-a-time reference) and the outputs are read
+    with Capture(net, unit_needs(objs, modules) if early_exit else needs, early_exit) as cap:
         chunks = range(0, len(objs), batch_size)
         if progress:
             from tqdm import tqdm
