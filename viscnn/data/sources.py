@@ -59,7 +59,7 @@ def to_model_input(imgs, input_shape: Sequence[int], normalize: Optional[dict] =
     x = torch.as_tensor(np.asarray(imgs)) if not isinstance(imgs, torch.Tensor) else imgs
     if x.dim() == 3:
         x = x.unsqueeze(1)
-    elif x.dim() == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+    elif x.dim() == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] > 4:
         x = x.permute(0, 3, 1, 2)  # NHWC -> NCHW
     if x.dim() != 4:
         raise ViscnnError(f"images must be [N,H,W], [N,H,W,C] or [N,C,H,W]; got shape {tuple(x.shape)}")
