@@ -108,6 +108,7 @@ def first_paint(models_dir, name: str) -> dict:
     finally:
         proc.terminate()
         proc.wait(10)
+        Path(proc.log_path).unlink(missing_ok=True)
     return out
 
 

@@ -172,18 +172,23 @@ def free_port() -> int:
 
 
 def start_server(models_dir, name: str, port: int, extra=(), timeout: float = 60.0):
-    """``viscnn serve`` in a subprocess; returns the Popen once the port answers."""
+    """``viscnn serve`` in a subprocess; returns the Popen once the port answers. Its output goes to a
+    temp file (``proc.log_path``): a pipe nobody reads would fill up and block the server's request log."""
     import subprocess
     import sys
+    import tempfile
     import time
     import urllib.request
 
+    log = tempfile.NamedTemporaryFile(prefix="viscnn-serve-", suffix=".log", delete=False)
     proc = subprocess.Popen([sys.executable, "-m", "viscnn", "serve", name, "--models-dir", str(models_dir),
-                             "--port", str(port), *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--port", str(port), *extra], stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = log.name
+    log.close()
     t = time.time()
     while time.time() - t < timeout:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stdout.read().decode(errors='replace')[-3000:]}")
+            raise RuntimeError(f"server exited: {open(proc.log_path, errors='replace').read()[-3000:]}")
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/_dash-layout", timeout=2)
             return proc

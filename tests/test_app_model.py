@@ -269,3 +269,17 @@ def test_unknown_model_and_cli_errors(app, actx, tmp_path, capsys):
     assert main(["serve", app.model_name, "--models-dir", str(actx.models_dir), "--snapshot", str(bad)]) == 2
     with pytest.raises(ViscnnError, match="bad model name"):
         actx.defaults("../etc")
+
+
+def test_grid_fallback_matches_a_prepped_grid(pm):
+    from viscnn.app.context import grid_layout
+    from viscnn.app.figures.graph3d import node_positions
+
+    if "grid" not in pm.layouts:
+        pytest.skip("model has no prepped grid layout")
+    g = pm.graph
+    a = node_positions(g, grid_layout(g))
+    b = node_positions(g, pm.layout("grid"))
+    same = [l for l in g.layers if np.allclose(a[l.node_offset:l.node_offset + l.channels],
+                                               b[l.node_offset:l.node_offset + l.channels], atol=1e-4)]
+    assert len(same) == len(g.layers)

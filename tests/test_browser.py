@@ -1,6 +1,7 @@
 """The real app in headless Chromium (Playwright): load, threshold, click-through, upload, snapshot, errors."""
 
 import io
+import os
 import json
 import re
 import time
@@ -24,6 +25,7 @@ def server(tmp_path_factory):
     yield f"http://127.0.0.1:{port}", models_dir, name, proc
     proc.terminate()
     proc.wait(10)
+    os.unlink(proc.log_path)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +117,19 @@ def test_click_node_shows_activation_map_and_upload_updates_it(page):
     assert page.inner_text("#upload-msg") == ""
 
 
+def test_hover_draws_receptive_field_and_unknown_model_is_reported(page, server):
+    click_node(page, page.evaluate("() => document.querySelector('#graph3d .js-plotly-plot').data"
+                                   ".find(t => t.name === 'nodes').customdata.length - 1") - 12)
+    act_map_z(page)
+    page.evaluate("""() => { const gd = document.querySelector('#act-map .js-plotly-plot');
+        gd.emit('plotly_hover', {points: [{curveNumber: 0, pointNumber: [1, 1], x: 1, y: 1, z: 0}]}); }""")
+    page.wait_for_function("""() => { const g = document.querySelector('#input-fig .js-plotly-plot');
+        return g && g.layout.shapes && g.layout.shapes.length === 1; }""")
+    page.goto(server[0] + "/?model=nosuch")
+    page.wait_for_function("document.querySelector('#url-msg').innerText.includes('unknown prepped model')")
+    page.wait_for_selector("#drawn-count")
+
+
 def test_bad_upload_shows_error_and_app_still_answers(page):
     page.set_input_files("#upload input[type=file]", files=[
         {"name": "fake.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\nnot really a png"}])
@@ -166,8 +181,9 @@ def test_unit_target_runs_in_background(page, server):
     page.fill("#target", "class:0")
     page.press("#target", "Enter")
     page.wait_for_function("location.search.includes('target=class%3A0')")
-    page.wait_for_selector("#drawn-count", timeout=60000)
-    page.wait_for_function("document.querySelector('#edge-info').innerText.startsWith('Circuit')", timeout=60000)
+    page.wait_for_function("document.querySelector('#circuit-of') && "
+                           "document.querySelector('#circuit-of').textContent === "
+                           "'class:0|all|' + new URLSearchParams(location.search).get('metric')", timeout=60000)
     assert page.inner_text("#msg") == ""
     page.fill("#target", "class:nosuchclass")
     page.press("#target", "Enter")

@@ -39,7 +39,8 @@ def circuit_view(actx, s: dict, max_edges: int = graph3d.MAX_EDGES):
     info = [f"Circuit: {len(circ.nodes)} nodes, {len(edges)} of {g.num_edges} edges. Drawing ",
             html.B(str(len(drawn)), id="drawn-count", title=f"{s['mode']}={st.fmt_value(s['value'])}"), " edges",
             html.Span(f"; {hidden} less important circuit edges hidden (level of detail keeps the top {max_edges})"
-                      if hidden else "", id="hidden-count")]
+                      if hidden else "", id="hidden-count"),
+            html.Span(f"{s['target']}|{s['set']}|{s['metric']}", id="circuit-of", style={"display": "none"})]
     els = cy.circuit_elements(g, circ.nodes, edges, r.edge_scores,
                               lambda n: routes.fv_url(s["model"], n) if g.layers[int(g.node_layer[n])].kind != "input" else None,
                               lambda e: routes.kernel_url(s["model"], e))
@@ -47,25 +48,35 @@ def circuit_view(actx, s: dict, max_edges: int = graph3d.MAX_EDGES):
 
 
 def register(app, actx, manager) -> None:
+    # state -> run-request -> (background) scores-ready -> figure: no callback both asks for a run and
+    # consumes its result, so the dependency graph has no cycle.
+    @app.callback(Output("run-request", "data"), Input("state", "data"))
+    def dispatch(s):
+        if not s:
+            return no_update
+        try:
+            pending = actx.resolve(s).pending
+        except ViscnnError:
+            return no_update
+        return {"state": s, "key": actx.run_key(s)} if pending else no_update
+
     @app.callback(
         Output("graph3d", "figure"), Output("edge-info", "children"), Output("msg", "children"),
-        Output("cyto", "elements"), Output("run-request", "data"),
-        Input("state", "data"), Input("scores-ready", "data"),
+        Output("cyto", "elements"), Input("state", "data"), Input("scores-ready", "data"),
     )
     def update(s, ready):
         if not s:
-            return no_update, no_update, no_update, no_update, no_update
+            return no_update, no_update, no_update, no_update
         try:
             out = circuit_view(actx, s)
         except ViscnnError as e:
-            return no_update, no_update, str(e), no_update, no_update
+            return no_update, no_update, str(e), no_update
         if out is None:
-            key = actx.run_key(s)
-            if ready and ready.get("key") == key and ready.get("error"):
-                return no_update, no_update, ready["error"], no_update, no_update
-            return no_update, "Running the model for this target...", "", no_update, {"state": s, "key": key}
+            if ready and ready.get("key") == actx.run_key(s) and ready.get("error"):
+                return no_update, no_update, ready["error"], no_update
+            return no_update, "Running the model for this target...", "", no_update
         fig, info, els = out
-        return fig, info, "", els, no_update
+        return fig, info, "", els
 
     @app.callback(
         Output("scores-ready", "data"), Input("run-request", "data"),

@@ -65,7 +65,7 @@ def _compare(actx, d: dict, search: str):
     from viscnn.app import state as st
 
     pm = actx.prepped(d["model"])
-    s, _ = st.decode(search, actx.defaults(d["model"]), pm.metrics, pm.layouts)
+    s, _ = st.decode(search, actx.defaults(d["model"]), pm.metrics, actx.layouts(d["model"]))
     try:
         r = actx.resolve(s)
     except ViscnnError as e:

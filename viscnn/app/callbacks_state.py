@@ -58,11 +58,11 @@ def register(app, actx) -> None:
                 defaults = actx.defaults(fallback)
                 name = fallback
             pm = actx.prepped(name)
-            s, w = st.decode(search, defaults, pm.metrics, pm.layouts)
+            s, w = st.decode(search, defaults, pm.metrics, actx.layouts(name))
             s["model"] = name
             warns += w
             url = st.encode(s)
-            return (_to_controls(s) + [pm.metrics, pm.layouts, url if url != search else no_update, s,
+            return (_to_controls(s) + [pm.metrics, actx.layouts(name), url if url != search else no_update, s,
                                        "\n".join(warns), no_update])
         s = _from_controls(vals)
         if trig == "model" and prev and s["model"] != prev.get("model"):

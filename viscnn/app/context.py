@@ -34,6 +34,16 @@ class Resolved:
     run_key: str = ""
 
 
+def grid_layout(graph) -> np.ndarray:
+    """float32 [N, 2]: each layer's channels on a square grid, in channel order."""
+    xy = np.zeros((graph.num_nodes, 2), np.float32)
+    for layer in graph.layers:
+        side = int(np.ceil(np.sqrt(layer.channels)))
+        ch = np.arange(layer.channels)
+        xy[layer.node_offset:layer.node_offset + layer.channels] = np.stack([ch % side, ch // side], 1)
+    return xy
+
+
 class AppContext:
     def __init__(self, models_dir=None, default_model: str = "fmnist", cache_dir=None):
         import diskcache
@@ -65,9 +75,14 @@ class AppContext:
                 self._pms[name] = PreppedModel.open(name, self.models_dir)
             return self._pms[name]
 
+    def layouts(self, name: str) -> List[str]:
+        """Prepped layouts, plus a channel grid (computed here) when prep has not written one."""
+        lays = list(self.prepped(name).layouts)
+        return lays + ["grid"] if "grid" not in lays else lays
+
     def defaults(self, name: str) -> dict:
         pm = self.prepped(name)
-        return st.default_state(name, pm.metrics, pm.layouts, [it["file"] for it in pm.images()])
+        return st.default_state(name, pm.metrics, self.layouts(name), [it["file"] for it in pm.images()])
 
     def _memoize(self, key, fn, size: int = 64):
         with self._lock:
@@ -85,6 +100,8 @@ class AppContext:
         from viscnn.app.figures.graph3d import node_positions
 
         pm = self.prepped(name)
+        if layout == "grid" and "grid" not in pm.layouts:
+            return self._memoize(("pos", name, layout), lambda: node_positions(pm.graph, grid_layout(pm.graph)))
         return self._memoize(("pos", name, layout), lambda: node_positions(pm.graph, pm.layout(layout)))
 
     def labels(self, name: str) -> List[str]:

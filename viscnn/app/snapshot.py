@@ -128,12 +128,9 @@ def snapshot_html(graph, nodes: Sequence[int], edges: Sequence[int], node_scores
     ns = ns if ns is not None else np.zeros(graph.num_nodes)
     es = es if es is not None else np.zeros(graph.num_edges)
     if positions is None:
-        grid = np.zeros((graph.num_nodes, 2))
-        for l in graph.layers:
-            side = int(np.ceil(np.sqrt(l.channels)))
-            ch = np.arange(l.channels)
-            grid[l.node_offset:l.node_offset + l.channels] = np.stack([ch % side, ch // side], 1)
-        positions = graph3d.node_positions(graph, grid)
+        from viscnn.app.context import grid_layout
+
+        positions = graph3d.node_positions(graph, grid_layout(graph))
     drawn = graph3d.select_drawn(edges, es, HTML_MAX_EDGES)
     fig = graph3d.graph_figure(graph, positions, nodes, drawn, ns, es)
     in_circuit = np.zeros(graph.num_edges, bool)
