@@ -1,7 +1,8 @@
 """Time and peak memory of importance scoring, on AlexNet (random weights, batch 16, 224x224)
 and on the default small model (Fashion-MNIST CNN, batch 16, 28x28).
 
-For each model, three runs, each in a fresh subprocess (so peak memory is its own):
+For each model, three computations (peak memory of each measured in its own fresh process;
+plain and fast timed in turn in one process so that both see the same machine load):
   plain      forward + backward of the cross-entropy loss (the model as shipped, weight grads on)
   fast       viscnn's edge scores for every kernel (metric taylor, target loss): capture pass
              + per-sample weight-gradient identity, node scores included
@@ -48,7 +49,7 @@ def _build(name):
     return model, graph, x, y
 
 
-def worker(name: str, mode: str, device: str, repeats: int, what: str) -> dict:
+def _ops(name: str, modes, dev):
     import torch
     import torch.nn.functional as F
 
@@ -57,81 +58,105 @@ def worker(name: str, mode: str, device: str, repeats: int, what: str) -> dict:
     from viscnn.importance.targets import parse_target
 
     model, graph, x, y = _build(name)
-    dev = torch.device(device)
     x, y = x.to(dev), y.to(dev)
-    if mode == "plain":
-        m = model.to(dev).eval()
+    ops = {}
+    for mode in modes:
+        if mode == "plain":
+            m = model.to(dev).eval()
 
-        def op():
-            m.zero_grad(set_to_none=True)
-            F.cross_entropy(m(x), y).backward()
-    elif mode == "fast":
-        s = Scorer(model, graph, parse_target("loss", graph), ["taylor"], device=dev)
+            def op(m=m):
+                m.zero_grad(set_to_none=True)
+                F.cross_entropy(m(x), y).backward()
+        elif mode == "fast":
+            s = Scorer(model, graph, parse_target("loss", graph), ["taylor"], device=dev)
 
-        def op():
-            return s(x, y)
-    else:
-        r = DissectedScorer(model.to(dev), graph, parse_target("loss", graph))
+            def op(s=s):
+                return s(x, y)
+        else:
+            r = DissectedScorer(model.to(dev), graph, parse_target("loss", graph))
 
-        def op():
-            return r(x, y)
+            def op(r=r):
+                return r(x, y)
+        ops[mode] = op
+    return ops, graph
+
+
+def worker(name: str, modes: str, device: str, repeats: int, what: str) -> dict:
+    """``what == "memory"``: extra peak memory of one run of the single mode. ``"time"``: median
+    times of the modes, run in turn (plain, fast, plain, fast...) so that both see the same load."""
+    import torch
+
+    dev = torch.device(device)
+    ops, graph = _ops(name, modes.split(","), dev)
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    # peak memory of the first run
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        res = op()
-        sync()
-        extra = torch.cuda.max_memory_allocated() - base
-    else:
-        base = _rss_kib("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM (peak RSS) to the current RSS
-        res = op()
-        extra = (_rss_kib("VmHWM") - base) * 1024
-    del res
     if what == "memory":
-        return {"extra_bytes": int(extra)}
-    times = []
+        (op,) = ops.values()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            res = op()
+            sync()
+            extra = torch.cuda.max_memory_allocated() - base
+        else:
+            base = _rss_kib("VmRSS")
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM (peak RSS) to the current RSS
+            res = op()
+            extra = (_rss_kib("VmHWM") - base) * 1024
+        del res
+        return {"extra_bytes": int(extra), "edges": graph.num_edges}
+    times = {m: [] for m in ops}
+    for op in ops.values():  # warm-up
+        op()
     for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        r_ = op()
-        sync()
-        times.append(time.perf_counter() - t0)
-        del r_
-    times.sort()
-    return {"time_s": times[len(times) // 2], "edges": graph.num_edges}
+        for m, op in ops.items():
+            sync()
+            t0 = time.perf_counter()
+            r_ = op()
+            sync()
+            times[m].append(time.perf_counter() - t0)
+            del r_
+    return {m: sorted(t)[len(t) // 2] for m, t in times.items()}
 
 
-def run(name: str, mode: str, device: str, repeats: int) -> dict:
-    """Memory in one fresh process (glibc told to return every large block, so RSS tracks the
-    live tensors), timing in another (default allocator, as users run it)."""
-    res = {}
-    for what, env in (("memory", dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")), ("time", dict(os.environ))):
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", name, mode, what, "--device", device,
-                              "--repeats", str(repeats)], capture_output=True, text=True, env=env)
-        if out.returncode != 0:
-            raise SystemExit(f"{name}/{mode} failed:\n{out.stderr}")
-        res.update(json.loads(out.stdout.strip().splitlines()[-1]))
+def _sub(args, env) -> dict:
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), *args], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(name: str, device: str, repeats: int) -> dict:
+    """Memory: one fresh process per mode (glibc told to return every large block, so RSS tracks
+    the live tensors). Time: plain and fast interleaved in one process; the reference in another."""
+    res = {m: {} for m in ("plain", "fast", "reference")}
+    mem_env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    common = ["--device", device, "--repeats", str(repeats)]
+    for mode in res:
+        res[mode].update(_sub(["--worker", name, mode, "memory", *common], mem_env))
+    t = _sub(["--worker", name, "plain,fast", "time", *common], dict(os.environ))
+    t.update(_sub(["--worker", name, "reference", "time", "--device", device, "--repeats", str(max(1, min(repeats, 2)))],
+                  dict(os.environ)))
+    for mode in res:
+        res[mode]["time_s"] = t[mode]
     return res
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        name, mode, what = args.worker
-        print(json.dumps(worker(name, mode, args.device, args.repeats, what)))
+        name, modes, what = args.worker
+        print(json.dumps(worker(name, modes, args.device, args.repeats, what)))
         return 0
     import torch
 
@@ -139,7 +164,7 @@ def main() -> int:
     ok = True
     for name in args.models:
         spec, shape, batch = MODELS[name]
-        r = {mode: run(name, mode, args.device, args.repeats) for mode in ("plain", "fast", "reference")}
+        r = run(name, args.device, args.repeats)
         mb = lambda b: b / 2 ** 20
         print(f"\n{name} ({spec}), batch {batch}, {'x'.join(map(str, shape))}, {r['fast']['edges']} kernel edges")
         for mode in ("plain", "fast", "reference"):

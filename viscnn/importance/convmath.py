@@ -42,15 +42,24 @@ def padded_input(conv: nn.Conv2d, a: torch.Tensor) -> Tuple[torch.Tensor, Tuple[
 
 def per_sample_taylor(conv: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``T[n, j, i_local] = Σ_p g[n, j, p] · (a[n, i] ⋆ w[j, i_local])[p]`` via per-sample weight
-    gradients. Returns [B, out_channels, in_channels // groups]."""
+    gradients. Returns [B, out_channels, in_channels // groups].
+
+    One ``convolution_backward`` (weight gradient only) per image, handed the real weight so the
+    backend's fast path runs (``torch.nn.grad.conv2d_weight`` passes a stride-0 stand-in that
+    costs a copy per call); measured faster than unfold+bmm and than a batch-as-groups conv on CPU.
+    """
     w = conv.weight.detach()
     a, pad = padded_input(conv, a.detach())
     g = g.detach().to(a.dtype)
-    out = torch.empty(a.shape[0], w.shape[0], w.shape[1], dtype=a.dtype, device=a.device)
+    w = w.to(a.dtype).contiguous()
+    k = w.shape[2] * w.shape[3]
+    ones = torch.ones(k, dtype=a.dtype, device=a.device)
+    out = torch.empty(a.shape[0], w.shape[0] * w.shape[1], dtype=a.dtype, device=a.device)
     for n in range(a.shape[0]):
-        gw = torch.nn.grad.conv2d_weight(a[n:n + 1], w.shape, g[n:n + 1], conv.stride, pad, conv.dilation, conv.groups)
-        out[n] = (gw * w).sum((2, 3))
-    return out
+        gw = torch.ops.aten.convolution_backward(g[n:n + 1], a[n:n + 1], w, None, _pair(conv.stride), _pair(pad),
+                                                 _pair(conv.dilation), False, [0, 0], conv.groups, (False, True, False))[1]
+        torch.mv(gw.mul_(w).reshape(-1, k), ones, out=out[n])  # Σ over kernel taps as a GEMV
+    return out.view(a.shape[0], w.shape[0], w.shape[1])
 
 
 def kernel_maps(conv: nn.Conv2d, a: torch.Tensor, jj: slice) -> torch.Tensor:
