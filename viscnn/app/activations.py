@@ -7,6 +7,7 @@ Ablation zeroes chosen nodes (a channel of a layer's output) or edges (one kerne
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -20,6 +21,16 @@ _MODELS: Dict[str, object] = {}
 _CACHE: "OrderedDict[tuple, Activations]" = OrderedDict()
 _LOCK = threading.Lock()
 _RUN_LOCK = threading.Lock()  # hooks live on the shared model: one forward pass at a time
+
+
+def _fresh_locks() -> None:
+    """Background callbacks fork the threaded server; a lock held by another thread at that moment
+    would stay locked forever in the child."""
+    global _LOCK, _RUN_LOCK
+    _LOCK, _RUN_LOCK = threading.Lock(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_locks)
 CACHE_SIZE = 24
 
 

@@ -41,6 +41,9 @@ def circuit_view(actx, s: dict, max_edges: int = graph3d.MAX_EDGES):
             html.Span(f"; {hidden} less important circuit edges hidden (level of detail keeps the top {max_edges})"
                       if hidden else "", id="hidden-count"),
             html.Span(f"{s['target']}|{s['set']}|{s['metric']}", id="circuit-of", style={"display": "none"})]
+    if not len(edges):
+        info.append(html.Span(" — empty: no path from the input to the target survives this threshold; loosen it.",
+                              className="warn"))
     els = cy.circuit_elements(g, circ.nodes, edges, r.edge_scores,
                               lambda n: routes.fv_url(s["model"], n) if g.layers[int(g.node_layer[n])].kind != "input" else None,
                               lambda e: routes.kernel_url(s["model"], e))

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import os
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,9 @@ class AppContext:
         self._pms: Dict[str, object] = {}
         self._memo: "OrderedDict[tuple, object]" = OrderedDict()
         self._lock = threading.Lock()
+        ref = weakref.ref(self)
+        # background callbacks fork this threaded server: give the child a lock nobody holds
+        os.register_at_fork(after_in_child=lambda: setattr(ref(), "_lock", threading.Lock()) if ref() else None)
 
     # -- models ------------------------------------------------------------------------
     def models(self) -> List[str]:
