@@ -280,3 +280,50 @@ def test_grid_fallback(pm):
         side = int(np.ceil(np.sqrt(layer.channels)))
         for ch in range(layer.channels):
             assert tuple(xy[layer.node_offset + ch]) == (ch % side, ch // side)
+
+
+def _post(client, app, needle, inputs, changed, state=()):
+    key = next(k for k in app.callback_map if needle in k)
+    outs = [{"id": o.split(".")[0], "property": o.split(".")[1]} for o in key.strip(".").split("...")]
+    r = client.post("/_dash-update-component", json={"output": key, "outputs": outs, "inputs": inputs,
+                                                     "changedPropIds": changed, "state": list(state)})
+    assert r.status_code == 200, r.data[:500]
+    return r.get_json()["response"]
+
+
+def test_model_picker_and_url_sync(tmp_path):
+    """Two prepped models: the picker lists both; choosing one navigates to its URL; a URL opens its view."""
+    from app_fixture import make_prepped
+    from viscnn.app import state as stt
+    from viscnn.app.callbacks_state import CONTROLS
+
+    make_prepped(tmp_path, "one")
+    make_prepped(tmp_path, "two", seed=1)
+    app = create_app(tmp_path, "one", cache_dir=tmp_path / "cache")
+    assert app.layout["model"].options == ["one", "two"]
+    c = app.server.test_client()
+    s = app.viscnn.defaults("one")
+    vals = [s["model"], s["target"], s["set"], s["metric"], s["mode"], s["value"], s["layout"], ["relu"], s["image"],
+            s["sel"], s["ablate"]]
+
+    def inputs(search, values):
+        return [{"id": "url", "property": "search", "value": search}] + [
+            {"id": c_, "property": p, "value": v} for (c_, p), v in zip(CONTROLS, values)]
+    # page load with a link: the controls and the state come from the URL
+    link = stt.encode(dict(s, model="two", mode="topk", value=33, set="Bag - all"))
+    resp = _post(c, app, "url.search", inputs(link, [None] * len(vals)), ["url.search"],
+                 [{"id": "state", "property": "data", "value": None}])
+    assert resp["state"]["data"]["model"] == "two" and resp["state"]["data"]["value"] == 33
+    assert resp["mode"]["value"] == "topk" and resp["imageset"]["value"] == "Bag - all"
+    # picking the other model reloads the page on its URL
+    resp = _post(c, app, "url.search", inputs(stt.encode(s), ["two"] + vals[1:]), ["model.value"],
+                 [{"id": "state", "property": "data", "value": s}])
+    assert resp["nav"]["href"] == "/?model=two"
+    # changing a control writes the URL
+    resp = _post(c, app, "url.search", inputs(stt.encode(s), vals[:5] + [0.8] + vals[6:]), ["value.value"],
+                 [{"id": "state", "property": "data", "value": s}])
+    assert "value=0.8" in resp["url"]["search"] and resp["state"]["data"]["value"] == 0.8
+    # an unknown model in a link: a message, and the default model's view
+    resp = _post(c, app, "url.search", inputs("?model=nosuch", [None] * len(vals)), ["url.search"],
+                 [{"id": "state", "property": "data", "value": None}])
+    assert "unknown prepped model 'nosuch'" in resp["url-msg"]["children"] and resp["state"]["data"]["model"] == "one"
