@@ -43,17 +43,20 @@ def _model_context(args):
     shape = prepped_input_shape(args.model, args.models_dir)
     classes, normalize = None, None
     if shape is not None:
-        from viscnn.paths import default_models_dir
         from pathlib import Path
+
+        from viscnn.paths import default_models_dir
 
         root = Path(args.models_dir) if args.models_dir else default_models_dir()
         meta = json.loads((root / args.model / "manifest.json").read_text())
         classes, normalize = meta.get("classes"), meta.get("normalize")
     c = shape[0] if shape else infer_input_channels(model)
     hw = tuple(args.input_size) if args.input_size else (tuple(shape[1:]) if shape else (224, 224))
-    try:
+    from viscnn.errors import UnsupportedOperationError
+
+    try:  # class nodes when the logits are a Linear of conv channels; else conv layers only
         graph = build_graph(model, hw, in_channels=c, include_classes=True, model_name=args.model)
-    except Exception:
+    except UnsupportedOperationError:
         graph = build_graph(model, hw, in_channels=c, model_name=args.model)
     return model, graph, classes, normalize, (c, *hw)
 
