@@ -27,7 +27,7 @@ from viscnn.errors import ViscnnError
 from viscnn.featurevis.capture import Capture
 from viscnn.featurevis.objectives import (Objective, as_objective, channel, check_objectives, diagonal_values,
                                           edge, unit_needs)
-from viscnn.featurevis.param import FourierImage
+from viscnn.featurevis.param import FourierImage, default_margin
 from viscnn.featurevis.transform import TransformSpec, random_transform, step_generator
 from viscnn.model_copy import working_copy
 
@@ -150,11 +150,12 @@ def objective_seed(seed: int, obj: Objective) -> int:
 def render(model: nn.Module, objectives: Sequence[Union[str, Objective]], size=(224, 224), steps: int = 256,
            lr: float = 0.05, normalize: Normalize = None, seed: int = 0, batch_size: int = 64,
            transforms: bool = True, early_exit: bool = True, redirect_relu: bool = True,
-           device: Union[str, torch.device, None] = None, progress: bool = False) -> FeatureVisResult:
+           margin: Optional[int] = None, device: Union[str, torch.device, None] = None, progress: bool = False) -> FeatureVisResult:
     """Render one image per objective (strings like ``features.3:17`` or :class:`Objective`).
 
     ``redirect_relu`` swaps ``nn.ReLU`` modules for :class:`RedirectedReLU` during optimisation only
-    (the reported objective values use the unchanged forward, which is the same function)."""
+    (the reported objective values use the unchanged forward, which is the same function).
+    ``margin``: extra parameterised pixels per side (default ~size/7, see :mod:`viscnn.featurevis.param`)."""
     objs = [as_objective(o) for o in objectives]
     if not objs:
         raise ViscnnError("no objectives to render")
@@ -184,7 +185,8 @@ def render(model: nn.Module, objectives: Sequence[Union[str, Objective]], size=(
             chunks = tqdm(chunks, desc="featurevis", unit="batch")
         for b0 in chunks:
             batch = objs[b0:b0 + batch_size]
-            param = FourierImage(len(batch), c, (h, w), [objective_seed(seed, o) for o in batch]).to(dev)
+            param = FourierImage(len(batch), c, (h, w), [objective_seed(seed, o) for o in batch],
+                                 margin=default_margin((h, w)) if margin is None else margin).to(dev)
             with torch.no_grad():
                 start.append(diagonal_values(batch, cap(norm(param())), modules).cpu())
             opt = torch.optim.Adam(param.parameters(), lr=lr)
@@ -201,6 +203,7 @@ def render(model: nn.Module, objectives: Sequence[Union[str, Objective]], size=(
                 final.append(diagonal_values(batch, cap(norm(from_uint8(u8, c).to(dev))), modules).cpu())
             images.append(u8)
     settings = {"size": [h, w], "steps": steps, "lr": lr, "seed": seed, "transforms": transforms,
+                "margin": default_margin((h, w)) if margin is None else margin,
                 "redirect_relu": redirect_relu,
                 "normalize": None if normalize is None else [list(map(float, np.ravel(v))) for v in normalize]}
     return FeatureVisResult([str(o) for o in objs], np.concatenate(images), torch.cat(final).numpy().astype(np.float32),
