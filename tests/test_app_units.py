@@ -201,3 +201,9 @@ def test_kernel_rgb_and_heatmaps():
     r = f["layout"]["shapes"][0]
     assert (r["x0"], r["x1"], r["y0"], r["y1"]) == (1.5, 5.5, 0.5, 3.5)
     assert f["data"][0]["source"].startswith("data:image/png;base64,")
+
+
+def test_huge_file_is_refused_before_decoding():
+    blob = "data:image/png;base64," + base64.b64encode(b"\0" * (11 * 1024 * 1024)).decode()
+    with pytest.raises(ViscnnError, match="larger than 10 MB"):
+        data_url_bytes(blob)

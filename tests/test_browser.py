@@ -134,7 +134,11 @@ def test_bad_upload_shows_error_and_app_still_answers(page):
     page.set_input_files("#upload input[type=file]", files=[
         {"name": "fake.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\nnot really a png"}])
     page.wait_for_function("document.querySelector('#upload-msg').innerText.includes('rejected')")
-    assert "corrupt" in page.inner_text("#upload-msg") or "not an image" in page.inner_text("#upload-msg")
+    assert "corrupt" in page.inner_text("#upload-msg")
+    page.set_input_files("#upload input[type=file]", files=[
+        {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"just some text"}])
+    page.wait_for_function("document.querySelector('#upload-msg').innerText.includes('notes.txt')")
+    assert "not an image" in page.inner_text("#upload-msg")
     set_threshold(page, "mass", 0.9)
     page.fill("#imageset", "nonsense + ")
     page.press("#imageset", "Enter")

@@ -70,7 +70,7 @@ def node_panel(actx, s, node: int, acts, edge_scores):
         fv = routes.node_image(pm, node, "fv")
         ex = pm.exemplars(layer.name)
         kids.append(html.Div([
-            html.Div([html.Div("feature vis"), html.Img(src=routes.fv_url(name, node), className="pix")
+            html.Div([html.Div("feature vis"), html.Img(src=routes.fv_url(name, node), className="pix", style={"width": "96px"})
                       if fv is not None else html.I("not prepped")]),
             html.Div([html.Div("dataset exemplars"), html.Div(
                 [html.Img(src=routes.ex_url(name, node, k)) for k in range(ex.shape[1])] if ex is not None

@@ -28,7 +28,7 @@ def build_layout(models: List[str]) -> html.Div:
         _control("Value", dcc.Input(id="value", type="number", debounce=True, step="any"), "90px"),
         _control("Layout", dcc.Dropdown(id="layout", clearable=False), "110px"),
         html.Div([html.Button("Export snapshot", id="export"),
-                  dcc.Upload(html.Button("Open snapshot"), id="snap-upload", max_size=5 * 1024 * 1024)],
+                  dcc.Upload(html.Button("Open snapshot"), id="snap-upload", max_size=16 * 1024 * 1024)],
                  className="control buttons"),
     ], className="controls")
 
@@ -47,7 +47,7 @@ def build_layout(models: List[str]) -> html.Div:
         html.H4("Input image"),
         dcc.Graph(id="input-fig", config={"displayModeBar": False}, style={"height": "240px"}),
         dcc.Upload(html.Div(["Drop or ", html.A("choose a PNG/JPEG")]), id="upload", className="upload",
-                   max_size=10 * 1024 * 1024, accept="image/png,image/jpeg"),
+                   max_size=32 * 1024 * 1024),  # no accept=: a wrong file type gets a message, not silence
         html.Div(id="upload-msg", className="error"),
         html.Div(id="gallery", className="gallery"),
         html.Div(id="prediction", className="info"),

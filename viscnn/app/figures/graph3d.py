@@ -150,7 +150,7 @@ def graph_figure(graph, pos: np.ndarray, circuit_nodes: Sequence[int], drawn_edg
         "margin": {"l": 0, "r": 0, "t": 0, "b": 0}, "uirevision": uirevision, "showlegend": False,
         "scene": {"xaxis": axis, "yaxis": axis, "zaxis": axis, "aspectmode": "manual",
                   "aspectratio": {"x": 2.2, "y": 1.0, "z": 1.0},
-                  "camera": {"eye": {"x": 0.3, "y": -2.3, "z": 0.9}}},
+                  "camera": {"eye": {"x": 0.0, "y": -2.6, "z": 0.9}}},
         "paper_bgcolor": "white", "hovermode": "closest",
     }}
 
