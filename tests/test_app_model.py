@@ -7,7 +7,6 @@ import re
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from app_fixture import app_model
 from viscnn.app import activations as A

@@ -4,7 +4,7 @@ background model run for targets that are not precomputed."""
 from __future__ import annotations
 
 import numpy as np
-from dash import Input, Output, State, html, no_update
+from dash import Input, Output, html, no_update
 
 from viscnn.app import routes
 from viscnn.app import state as st

@@ -8,7 +8,7 @@ caller shows how many were hidden. Click payloads carry ``customdata``: a node's
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
