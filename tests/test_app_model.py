@@ -326,3 +326,15 @@ def test_model_picker_and_url_sync(tmp_path):
     resp = _post(c, app, "url.search", inputs("?model=nosuch", [None] * len(vals)), ["url.search"],
                  [{"id": "state", "property": "data", "value": None}])
     assert "unknown prepped model 'nosuch'" in resp["url-msg"]["children"] and resp["state"]["data"]["model"] == "one"
+
+
+def test_serve_snapshot_opens_its_view(app, actx, pm, s, tmp_path):
+    st = dict(s, mode="topk", value=77)
+    r = actx.resolve(st)
+    d = S.snapshot_dict(s["model"], st, pm.graph, r.circuit.nodes, r.circuit.edges, r.node_scores, r.edge_scores)
+    f = tmp_path / "snap.json"
+    f.write_text(json.dumps(d))
+    a2 = create_app(actx.models_dir, app.model_name, snapshot=str(f), cache_dir=tmp_path / "c")
+    resp = a2.server.test_client().get("/")
+    assert resp.status_code == 302 and "mode=topk&value=77" in resp.headers["Location"]
+    assert a2.server.test_client().get("/?model=x").status_code == 200
