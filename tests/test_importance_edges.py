@@ -43,8 +43,9 @@ def test_fast_edge_scores_equal_the_materialised_maps(name):
     km = kernel_maps(conv, a, slice(None))
     assert rel(km.reshape(maps.shape), maps) < 1e-10
     ref = (g.unsqueeze(2) * maps).sum((3, 4))  # Σ_p g_j·h_ji
-    fast = per_sample_taylor(conv, a, g)
-    assert fast.shape == ref.shape and rel(fast, ref) < 1e-4
+    for method in ("loop", "unfold", "auto"):
+        fast = per_sample_taylor(conv, a, g, method)
+        assert fast.shape == ref.shape and rel(fast, ref) < 1e-4, method
     # chunked map metrics (tiny chunks: one image, one channel per group) equal unchunked ones
     sc = conv_edge_scores(conv, a, g, METRICS, 3, y.shape[2:], chunk_elements=1)
     torch.testing.assert_close(sc["activation"].double(), maps.abs().mean((3, 4)).reshape(3, -1).to(torch.float32).double(), rtol=1e-5, atol=1e-6)
