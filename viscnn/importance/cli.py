@@ -1,7 +1,7 @@
 """``viscnn circuit``: scores for a target over an image set, a thresholded circuit, and its faithfulness.
 
   viscnn circuit --model SPEC [--weights FILE] --target SPEC --images SPEC [--metric taylor]
-                 (--mass 0.9 | --keep 0.05 | --min-score X) [--out FILE.json]
+                 (--mass 0.9 | --keep 0.05 | --min-score X) [--out FILE.json|FILE.html]
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def add_circuit_cmd(sub) -> None:
     g.add_argument("--mass", type=float, help="per layer, keep the edges holding this fraction of the |score| mass")
     g.add_argument("--keep", type=float, help="keep the top K edges (K >= 1) or this fraction of all edges (0 < K < 1)")
     g.add_argument("--min-score", type=float, help="keep edges with |score| >= this")
-    p.add_argument("--out", help="write the circuit JSON (with the faithfulness report) to this file")
+    p.add_argument("--out", help="write the circuit JSON (with the faithfulness report) to FILE.json, or a "
+                                 "standalone HTML view of it to FILE.html")
     p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: prepped model's, else 224 224)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--limit", type=int, help="use at most this many images")
@@ -96,9 +97,24 @@ def run(args) -> int:
     print(f"faithfulness   pearson {fmt(f['pearson'])}  spearman {fmt(f['spearman'])}  relative error {fmt(f['relative_error'])}")
     print(f"random x{args.random_circuits:<3}   pearson {fmt(r['pearson'])}  spearman {fmt(r['spearman'])}  "
           f"relative error {fmt(r['relative_error'])}  (mean of random circuits with the same kernels per layer)")
-    if args.out:
+    if args.out and str(args.out).lower().endswith((".html", ".htm")):
+        _write_html(args, graph, circuit, model, rep)
+    elif args.out:
         d = circuit.to_json(graph)
         d["faithfulness"] = rep
         atomic_write_text(args.out, json.dumps(d))
         print(f"wrote {args.out}")
     return 0
+
+
+def _write_html(args, graph, circuit, model, report) -> None:
+    """The same standalone HTML the app's "Export snapshot" writes, with prepped pictures when the
+    model is a prepped one."""
+    from viscnn.app.snapshot import write_snapshot_html
+    from viscnn.prepped import PreppedModel, list_models
+
+    prepped = PreppedModel.open(args.model, args.models_dir) if args.model in list_models(args.models_dir) else None
+    settings = dict(circuit.settings, faithfulness=report)
+    write_snapshot_html(args.out, graph, circuit, prepped=prepped, model=model, settings=settings,
+                        title=f"{args.model}: circuit for {circuit.settings.get('target')}")
+    print(f"wrote {args.out}")
