@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -82,7 +83,38 @@ def threshold_bench(models_dir, name: str, values, mode: str = "mass") -> dict:
             "all_callbacks_MB_max": max(r["all_bytes"] for r in runs) / 1e6}
 
 
-def first_paint(models_dir, name: str) -> dict:
+# In-page probe: the time (from navigation start, as the browser's own paint metrics count) of the first
+# animation frame in which the 3D scene exists with data and the circuit info is on the page. Playwright's
+# own polling is delayed whenever the page's main thread is busy, so the wall-clock time it observes is
+# reported as well, but the probe is what a user sees.
+PAINT_PROBE = """(() => { const tick = () => {
+    const g = document.querySelector('#graph3d .js-plotly-plot');
+    if (g && g._fullLayout && g._fullLayout.scene && g.data && g.data.length > 0
+        && g.querySelector('.gl-container canvas') && document.querySelector('#drawn-count')) {
+        window.__viscnnPaint = performance.now();
+    } else { requestAnimationFrame(tick); } };
+    requestAnimationFrame(tick); })();"""
+
+
+def paint_once(browser, url: str) -> tuple:
+    """(in-page first paint s, wall-clock s as Playwright observes it) for one fresh page."""
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.add_init_script(PAINT_PROBE)
+    t = time.perf_counter()
+    pg.goto(url)
+    pg.wait_for_selector("#drawn-count", timeout=60000)
+    pg.wait_for_selector("#graph3d .gl-container canvas", state="attached", timeout=60000)
+    pg.wait_for_function("() => { const g = document.querySelector('#graph3d .js-plotly-plot');"
+                         " return g && g._fullLayout && g._fullLayout.scene && g.data.length > 0; }")
+    wall = time.perf_counter() - t
+    pg.wait_for_function("() => window.__viscnnPaint !== undefined", timeout=60000)
+    probe = pg.evaluate("() => window.__viscnnPaint") / 1000.0
+    pg.close()
+    return probe, wall
+
+
+def first_paint(models_dir, name: str, repeats: int = 5) -> dict:
+    """First paint on a cold server, then the median of ``repeats`` warm-server loads (fresh pages)."""
     from playwright.sync_api import sync_playwright
 
     from app_fixture import free_port, start_server
@@ -90,26 +122,20 @@ def first_paint(models_dir, name: str) -> dict:
 
     port = free_port()
     proc = start_server(models_dir, name, port)
-    out = {}
+    url = f"http://127.0.0.1:{port}/"
     try:
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-            for label in ("first_paint_cold_s", "first_paint_warm_s"):
-                pg = b.new_page(viewport={"width": 1400, "height": 1000})
-                t = time.perf_counter()
-                pg.goto(f"http://127.0.0.1:{port}/")
-                pg.wait_for_selector("#drawn-count", timeout=60000)
-                pg.wait_for_selector("#graph3d .gl-container canvas", state="attached", timeout=60000)
-                pg.wait_for_function("() => { const g = document.querySelector('#graph3d .js-plotly-plot');"
-                                     " return g && g._fullLayout && g._fullLayout.scene && g.data.length > 0; }")
-                out[label] = time.perf_counter() - t
-                pg.close()
+            cold = paint_once(b, url)
+            warm = [paint_once(b, url) for _ in range(repeats)]
             b.close()
     finally:
         proc.terminate()
         proc.wait(10)
         Path(proc.log_path).unlink(missing_ok=True)
-    return out
+    return {"first_paint_cold_s": cold[0], "first_paint_warm_s": statistics.median(w[0] for w in warm),
+            "first_paint_warm_runs_s": [round(w[0], 3) for w in warm],
+            "observed_cold_s": cold[1], "observed_warm_s": statistics.median(w[1] for w in warm)}
 
 
 def default_model(tmp: Path):
@@ -159,8 +185,11 @@ def main() -> int:
     if "paint" in results:
         good = results["paint"]["first_paint_warm_s"] <= GOAL_PAINT
         ok &= good
-        print(f"first paint: {results['paint']['first_paint_cold_s']:.2f} s cold server, "
-              f"{results['paint']['first_paint_warm_s']:.2f} s warm -> {'OK' if good else 'MISSES GOAL'} (goal {GOAL_PAINT} s)")
+        pr = results["paint"]
+        print(f"first paint: {pr['first_paint_cold_s']:.2f} s cold server, {pr['first_paint_warm_s']:.2f} s warm "
+              f"(median of {len(pr['first_paint_warm_runs_s'])}; as Playwright observes it: {pr['observed_cold_s']:.2f} s, "
+              f"{pr['observed_warm_s']:.2f} s) -> {'OK' if good else 'MISSES GOAL'} (goal {GOAL_PAINT} s)")
+        print("machine load:", os.getloadavg())
     return 0 if ok else 1
 
 

@@ -148,6 +148,18 @@ def make_prepped(root, name: str = "tiny", *, spec: Optional[str] = None, input_
     return d
 
 
+def default_model() -> tuple:
+    """(models dir, name) of the real default model, prepped_models/fmnist (committed): the browser
+    tests and the first-paint benchmark run on it, as the acceptance asks."""
+    from viscnn.paths import default_models_dir
+    from viscnn.prepped import list_models
+
+    d = default_models_dir()
+    if "fmnist" not in list_models(d):
+        raise RuntimeError(f"the default prepped model fmnist is missing from {d}")
+    return d, "fmnist"
+
+
 def app_model(tmp_path_factory) -> tuple:
     """(models dir, model name) the app tests run on: the real default model when
     ``VISCNN_APP_TEST_MODEL`` names one under prepped_models/ (e.g. ``fmnist``), else the tiny fixture."""

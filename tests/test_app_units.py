@@ -187,6 +187,11 @@ def test_graph_figure_counts(graph):
     nodes = next(t for t in fig["data"] if t["name"] == "nodes")
     assert nodes["customdata"] == list(range(graph.num_nodes)) and nodes["marker"]["size"][3] == 16
     assert nodes["marker"]["color"][1] == -1.0 and nodes["marker"]["color"][0] >= 0
+    # layer names are scene annotations (cheap page text), one per layer at the layer's x, above all nodes
+    ann = fig["layout"]["scene"]["annotations"]
+    assert [a["text"] for a in ann] == [l.name for l in graph.layers]
+    assert [a["x"] for a in ann] == [float(pos[l.node_offset, 0]) for l in graph.layers]
+    assert all(a["z"] > pos[:, 2].max() for a in ann) and all(t["mode"] != "text" for t in fig["data"])
 
 
 def test_kernel_rgb_and_heatmaps():

@@ -1,15 +1,15 @@
-"""The real app in headless Chromium (Playwright): load, threshold, click-through, upload, snapshot, errors."""
+"""The real app in headless Chromium (Playwright) on the real default model (prepped_models/fmnist):
+load, threshold, click-through, upload, snapshot, errors."""
 
 import io
 import os
 import json
 import re
-import time
 
 import numpy as np
 import pytest
 
-from app_fixture import app_model, free_port, start_server
+from app_fixture import default_model, free_port, start_server
 
 pytestmark = pytest.mark.browser
 
@@ -18,8 +18,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader", "--disab
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    models_dir, name = app_model(tmp_path_factory)
+def server():
+    models_dir, name = default_model()
     port = free_port()
     proc = start_server(models_dir, name, port)
     yield f"http://127.0.0.1:{port}", models_dir, name, proc
@@ -41,11 +41,35 @@ def browser():
 def page(browser, server):
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     pg = ctx.new_page()
-    pg.set_default_timeout(20000)
+    pg.set_default_timeout(45000)  # generous: the machine may be loaded; every wait is on a condition
     pg.goto(server[0] + "/")
-    pg.wait_for_selector("#drawn-count")
+    wait_ready(pg)
     yield pg
     ctx.close()
+
+
+GRAPH_DRAWN = ("() => { const g = document.querySelector('#graph3d .js-plotly-plot');"
+               " return !!(g && g._fullLayout && g._fullLayout.scene && g.data"
+               " && g.data.some(t => t.name === 'nodes') && g.querySelector('.gl-container canvas')); }")
+
+
+def wait_ready(pg) -> None:
+    """The page has settled after a load: the 3D graph is drawn with its nodes, the URL holds the state
+    (the URL sync ran) and the initial panel callback has answered."""
+    pg.wait_for_selector("#drawn-count")
+    pg.wait_for_function(GRAPH_DRAWN)
+    pg.wait_for_function("location.search.includes('model=')")
+    pg.wait_for_function("document.querySelector('#ablate-info').innerText.length > 0")
+
+
+def wait_figure_matches_count(pg) -> None:
+    """The figure's distinct drawn edges equal the edge-info count (both come from one callback, but
+    the graph redraws asynchronously)."""
+    pg.wait_for_function("""() => { const g = document.querySelector('#graph3d .js-plotly-plot');
+        const c = document.querySelector('#drawn-count');
+        if (!g || !g.data || !c) return false;
+        const n = new Set(g.data.filter(t => t.mode === 'lines').flatMap(t => t.customdata)).size;
+        return String(n) === c.innerText; }""")
 
 
 def drawn(pg) -> int:
@@ -55,9 +79,12 @@ def drawn(pg) -> int:
 def set_threshold(pg, mode: str, value) -> None:
     """Set the threshold and wait until the graph shows the circuit for exactly it."""
     pg.check(f"#mode input[value={mode}]")
+    # a mode change resets the value on the server: wait for it, or it could overwrite the value typed next
+    pg.wait_for_selector(f"#drawn-count[title^='{mode}=']")
     pg.fill("#value", str(value))
     pg.press("#value", "Enter")
     pg.wait_for_selector(f"#drawn-count[title='{mode}={value}']")
+    wait_figure_matches_count(pg)
 
 
 def wait_drawn(pg, n: int) -> None:
@@ -66,6 +93,7 @@ def wait_drawn(pg, n: int) -> None:
 
 def click_node(pg, node: int) -> None:
     """Fire Plotly's click event for one node point, as a mouse click on it would."""
+    pg.wait_for_function(GRAPH_DRAWN)
     pg.evaluate("""(n) => { const gd = document.querySelector('#graph3d .js-plotly-plot');
         const tr = gd.data.findIndex(t => t.name === 'nodes');
         gd.emit('plotly_click', {points: [{curveNumber: tr, pointNumber: n, customdata: n}]}); }""", node)
@@ -93,6 +121,11 @@ def drawn_in_figure(pg) -> int:
 def test_loads_graph_and_threshold_changes_edges(page):
     assert page.locator("#graph3d .js-plotly-plot").count() == 1
     assert page.locator("#graph3d .gl-container canvas").count() >= 1  # WebGL scene
+    # the first view comes drawn in the page: its count matches its figure, and the 2D circuit fills in
+    wait_figure_matches_count(page)
+    assert drawn(page) > 0 and page.get_attribute("#drawn-count", "title") == "mass=0.5"
+    page.wait_for_function("() => { const c = document.querySelector('#cyto');"
+                           " return c && c._cyreg && c._cyreg.cy && c._cyreg.cy.nodes().length > 0; }")
     set_threshold(page, "mass", 0.3)
     low = drawn(page)
     assert low == drawn_in_figure(page)
@@ -127,7 +160,7 @@ def test_hover_draws_receptive_field_and_unknown_model_is_reported(page, server)
         return g && g.layout.shapes && g.layout.shapes.length === 1; }""")
     page.goto(server[0] + "/?model=nosuch")
     page.wait_for_function("document.querySelector('#url-msg').innerText.includes('unknown prepped model')")
-    page.wait_for_selector("#drawn-count")
+    wait_ready(page)
 
 
 def test_bad_upload_shows_error_and_app_still_answers(page):
@@ -145,7 +178,8 @@ def test_bad_upload_shows_error_and_app_still_answers(page):
     page.wait_for_function("document.querySelector('#msg').innerText.length > 0")
     page.fill("#imageset", "all")
     page.press("#imageset", "Enter")
-    page.wait_for_function("document.querySelector('#msg').innerText.length === 0")
+    page.wait_for_function("document.querySelector('#msg').innerText.length === 0 && "
+                           "document.querySelector('#circuit-of').textContent.includes('|all|')")
 
 
 def test_snapshot_export_reopens_same_circuit(page, tmp_path):
@@ -155,9 +189,8 @@ def test_snapshot_export_reopens_same_circuit(page, tmp_path):
     downloads = []
     page.on("download", lambda d: downloads.append(d))
     page.click("#export")
-    t = time.time()
-    while len(downloads) < 2 and time.time() - t < 20:
-        page.wait_for_timeout(200)
+    while len(downloads) < 2:  # events queued meanwhile are delivered to the handler during the wait
+        page.wait_for_event("download")
     names = sorted(d.suggested_filename for d in downloads)
     assert names[0].endswith(".html") and names[1].endswith(".json")
     js = next(d for d in downloads if d.suggested_filename.endswith(".json"))

@@ -53,7 +53,9 @@ def circuit_view(actx, s: dict, max_edges: int = graph3d.MAX_EDGES):
 def register(app, actx, manager) -> None:
     # state -> run-request -> (background) scores-ready -> figure: no callback both asks for a run and
     # consumes its result, so the dependency graph has no cycle.
-    @app.callback(Output("run-request", "data"), Input("state", "data"))
+    # prevent_initial_call: the page arrives with its first view drawn (callbacks_state.initial_props), and
+    # the state only changes, firing these, when the URL or a control asks for another view.
+    @app.callback(Output("run-request", "data"), Input("state", "data"), prevent_initial_call=True)
     def dispatch(s):
         if not s:
             return no_update
@@ -65,7 +67,8 @@ def register(app, actx, manager) -> None:
 
     @app.callback(
         Output("graph3d", "figure"), Output("edge-info", "children"), Output("msg", "children"),
-        Output("cyto", "elements"), Input("state", "data"), Input("scores-ready", "data"),
+        Output("cyto-data", "data"), Input("state", "data"), Input("scores-ready", "data"),
+        prevent_initial_call=True,
     )
     def update(s, ready):
         if not s:
@@ -80,6 +83,24 @@ def register(app, actx, manager) -> None:
             return no_update, "Running the model for this target...", "", no_update
         fig, info, els = out
         return fig, info, "", els
+
+    # The 2D circuit is drawn once the 3D graph has painted: on page load both compete for the browser's
+    # one main thread, and the 3D graph is the main view (the wait gives up after 5 s, e.g. on an error).
+    app.clientside_callback(
+        """function(els) {
+            if (!els) { return window.dash_clientside.no_update; }
+            return new Promise(resolve => {
+                const t0 = Date.now();
+                const poll = () => {
+                    const g = document.querySelector('#graph3d .js-plotly-plot');
+                    if ((g && g._fullLayout && g._fullLayout.scene) || Date.now() - t0 > 5000) {
+                        requestAnimationFrame(() => setTimeout(() => resolve(els), 0));
+                    } else { setTimeout(poll, 50); }
+                };
+                poll();
+            });
+        }""",
+        Output("cyto", "elements"), Input("cyto-data", "data"))
 
     @app.callback(
         Output("scores-ready", "data"), Input("run-request", "data"),

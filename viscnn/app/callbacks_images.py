@@ -9,19 +9,25 @@ from viscnn.app.uploads import data_url_bytes, decode_image
 from viscnn.errors import ViscnnError
 
 
+def gallery_children(actx, s: dict) -> list:
+    """Thumbnail buttons of the model's prepped images; the state's image is marked current."""
+    try:
+        items = actx.prepped(s["model"]).images()
+    except ViscnnError:
+        return []
+    return [html.Button(html.Img(src=routes.input_url(s["model"], f"img:{it['file']}"), width=48, height=48),
+                        id={"type": "gal", "file": it["file"]}, title=f"{it['file']} ({it.get('class', '')})",
+                        className="current" if s.get("image") == f"img:{it['file']}" else "")
+            for it in items[:60]]
+
+
 def register(app, actx) -> None:
-    @app.callback(Output("gallery", "children"), Input("state", "data"))
+    # the page's first view arrives with the gallery already filled (see callbacks_state.initial_props)
+    @app.callback(Output("gallery", "children"), Input("state", "data"), prevent_initial_call=True)
     def gallery(s):
         if not s:
             return no_update
-        try:
-            items = actx.prepped(s["model"]).images()
-        except ViscnnError:
-            return []
-        return [html.Button(html.Img(src=routes.input_url(s["model"], f"img:{it['file']}"), width=48, height=48),
-                            id={"type": "gal", "file": it["file"]}, title=f"{it['file']} ({it.get('class', '')})",
-                            className="current" if s.get("image") == f"img:{it['file']}" else "")
-                for it in items[:60]]
+        return gallery_children(actx, s)
 
     @app.callback(Output("image", "data", allow_duplicate=True), Input({"type": "gal", "file": ALL}, "n_clicks"),
                   prevent_initial_call=True)

@@ -3,10 +3,15 @@
 One callback owns the loop (Dash allows a circular dependency only inside a single callback): on
 page load or when another callback navigates (snapshot upload), the URL is decoded into the controls;
 when a control changes, the state is encoded back into the URL.
+
+The page arrives with the default model's view already in it (``initial_props``: controls, state,
+3D figure, 2D circuit, gallery), so the first paint needs no callback round trip; on load, ``sync``
+only changes the state when the URL asks for another view.
 """
 
 from __future__ import annotations
 
+from typing import Dict
 from urllib.parse import parse_qs
 
 from dash import Input, Output, State, ctx, no_update
@@ -29,6 +34,29 @@ def _from_controls(vals: list) -> dict:
     return {"model": model, "target": target or "", "set": iset or "", "metric": metric, "mode": mode,
             "value": value, "layout": layout, "image": image or "", "relu": bool(relu), "sel": sel or "",
             "ablate": list(ablate or [])}
+
+
+def initial_props(actx) -> Dict[str, dict]:
+    """{component id: {prop: value}} for the default model's default view, or {} when that view cannot be
+    drawn without a model run or an error (then the callbacks fill the page on load as usual)."""
+    from viscnn.app.callbacks_graph import circuit_view
+    from viscnn.app.callbacks_images import gallery_children
+
+    name = actx.default_model
+    try:
+        s = actx.defaults(name)
+        out = circuit_view(actx, s)
+    except ViscnnError:
+        return {}
+    if out is None:
+        return {}
+    fig, info, els = out
+    props: Dict[str, dict] = {c: {p: v} for (c, p), v in zip(CONTROLS, _to_controls(s))}
+    props["metric"]["options"] = actx.prepped(name).metrics
+    props["layout"]["options"] = actx.layouts(name)
+    props.update({"state": {"data": s}, "graph3d": {"figure": fig}, "edge-info": {"children": info},
+                  "cyto-data": {"data": els}, "gallery": {"children": gallery_children(actx, s)}})
+    return props
 
 
 def register(app, actx) -> None:
@@ -62,6 +90,9 @@ def register(app, actx) -> None:
             s["model"] = name
             warns += w
             url = st.encode(s)
+            if s == prev:  # the page already shows this view (initial_props): nothing to redraw
+                return [no_update] * (n_out + 2) + [url if url != search else no_update, no_update,
+                                                    "\n".join(warns), no_update]
             return (_to_controls(s) + [pm.metrics, actx.layouts(name), url if url != search else no_update, s,
                                        "\n".join(warns), no_update])
         s = _from_controls(vals)

@@ -62,7 +62,7 @@ def build_layout(models: List[str]) -> html.Div:
         dcc.Location(id="url", refresh=False),
         dcc.Location(id="nav", refresh=True),
         dcc.Store(id="state"), dcc.Store(id="image"), dcc.Store(id="sel"), dcc.Store(id="ablate"),
-        dcc.Store(id="run-request"), dcc.Store(id="scores-ready"),
+        dcc.Store(id="run-request"), dcc.Store(id="scores-ready"), dcc.Store(id="cyto-data"),
         dcc.Download(id="download-json"), dcc.Download(id="download-html"),
         html.Div([html.H2("viscnn"), html.Span("a CNN microscope", className="sub")], className="header"),
         controls,

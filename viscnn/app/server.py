@@ -48,6 +48,9 @@ def create_app(models_dir=None, model: str = "fmnist", snapshot: Optional[str] =
     app.index_string = app.index_string.replace(
         "{%css%}", '{%css%}<link rel="preload" as="script" href="/_dash-component-suites/plotly/package_data/plotly.min.js">')
     app.layout = build_layout(models)
+    for cid, props in callbacks_state.initial_props(actx).items():  # first paint without a round trip
+        for prop, value in props.items():
+            setattr(app.layout[cid], prop, value)
     if start_search:
         _redirect_root(app.server, start_search)
     routes.register(app.server, actx)
