@@ -338,3 +338,31 @@ def test_serve_snapshot_opens_its_view(app, actx, pm, s, tmp_path):
     resp = a2.server.test_client().get("/")
     assert resp.status_code == 302 and "mode=topk&value=77" in resp.headers["Location"]
     assert a2.server.test_client().get("/?model=x").status_code == 200
+
+
+def test_first_view_comes_in_the_layout(app, actx, pm, s):
+    """The page arrives with the default view drawn (no round trip before the first paint); loading it
+    does not redraw it, while a link to another view still does."""
+    from viscnn.app import state as stt
+    from viscnn.app.callbacks_state import CONTROLS, _to_controls
+    from viscnn.app.figures.graph3d import count_drawn
+
+    lay = app.layout
+    fig, _, els = circuit_view(actx, s)
+    assert lay["state"].data == s and lay["graph3d"].figure == fig and lay["cyto-data"].data == els
+    assert lay["value"].value == s["value"] and lay["metric"].options == pm.metrics
+    assert lay["drawn-count"].children == str(count_drawn(fig))
+    initial = {c["output"]: c["prevent_initial_call"] for c in app._callback_list}
+    redraw = [k for k in initial if "graph3d.figure" in k or k in ("gallery.children", "run-request.data")]
+    assert len(redraw) == 3 and all(initial[k] for k in redraw)
+
+    c = app.server.test_client()
+
+    def load(search):
+        inputs = [{"id": "url", "property": "search", "value": search}] + [
+            {"id": c_, "property": p, "value": v} for (c_, p), v in zip(CONTROLS, _to_controls(s))]
+        return _post(c, app, "url.search", inputs, ["url.search"], [{"id": "state", "property": "data", "value": s}])
+    resp = load("")
+    assert "state" not in resp and "value" not in resp and "model=" in resp["url"]["search"]
+    resp = load(stt.encode(dict(s, value=0.8)))
+    assert resp["state"]["data"]["value"] == 0.8 and resp["value"]["value"] == 0.8
