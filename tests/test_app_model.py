@@ -299,7 +299,7 @@ def test_model_picker_and_url_sync(tmp_path):
     make_prepped(tmp_path, "one")
     make_prepped(tmp_path, "two", seed=1)
     app = create_app(tmp_path, "one", cache_dir=tmp_path / "cache")
-    assert app.layout["model"].options == ["one", "two"]
+    assert app.layout()["model"].options == ["one", "two"]
     c = app.server.test_client()
     s = app.viscnn.defaults("one")
     vals = [s["model"], s["target"], s["set"], s["metric"], s["mode"], s["value"], s["layout"], ["relu"], s["image"],
@@ -347,7 +347,7 @@ def test_first_view_comes_in_the_layout(app, actx, pm, s):
     from viscnn.app.callbacks_state import CONTROLS, _to_controls
     from viscnn.app.figures.graph3d import count_drawn
 
-    lay = app.layout
+    lay = app.layout()  # outside a request: the default view
     fig, _, els = circuit_view(actx, s)
     assert lay["state"].data == s and lay["graph3d"].figure == fig and lay["cyto-data"].data == els
     assert lay["value"].value == s["value"] and lay["metric"].options == pm.metrics
@@ -366,3 +366,11 @@ def test_first_view_comes_in_the_layout(app, actx, pm, s):
     assert "state" not in resp and "value" not in resp and "model=" in resp["url"]["search"]
     resp = load(stt.encode(dict(s, value=0.8)))
     assert resp["state"]["data"]["value"] == 0.8 and resp["value"]["value"] == 0.8
+    # the layout request of a page opened on a link draws the link's view (the query comes in the Referer)
+    link = dict(s, mode="topk", value=7)
+    with app.server.test_request_context("/_dash-layout", headers={"Referer": "http://localhost/" + stt.encode(link)}):
+        lay = app.layout()
+    assert lay["state"].data == link and lay["graph3d"].figure == circuit_view(actx, link)[0]
+    assert lay["mode"].value == "topk" and lay["drawn-count"].title == "topk=7"
+    with app.server.test_request_context("/_dash-layout", headers={"Referer": "http://elsewhere/" + stt.encode(link)}):
+        assert app.layout()["state"].data == s

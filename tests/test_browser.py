@@ -225,3 +225,22 @@ def test_unit_target_runs_in_background(page, server):
     page.fill("#target", "class:nosuchclass")
     page.press("#target", "Enter")
     page.wait_for_function("document.querySelector('#msg').innerText.includes('class')")
+
+
+def test_link_opens_drawn_without_a_graph_callback(browser, server):
+    """A link's view comes drawn in the page: no figure callback runs on load, and no default view flashes."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    pg.set_default_timeout(45000)
+    posts = []
+    pg.on("request", lambda r: posts.append(r.post_data or "") if "_dash-update-component" in r.url else None)
+    pg.add_init_script("""new MutationObserver(() => { const c = document.querySelector('#drawn-count');
+        if (c && window.__firstTitle === undefined) window.__firstTitle = c.title; })
+        .observe(document, {childList: true, subtree: true, attributes: true});""")
+    pg.goto(server[0] + "/?model=fmnist&mode=topk&value=77")
+    wait_ready(pg)
+    wait_figure_matches_count(pg)
+    assert pg.evaluate("window.__firstTitle") == "topk=77"
+    assert pg.get_attribute("#drawn-count", "title") == "topk=77"
+    assert posts and not any("graph3d.figure" in p for p in posts)
+    ctx.close()

@@ -11,7 +11,7 @@ only changes the state when the URL asks for another view.
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List, Tuple
 from urllib.parse import parse_qs
 
 from dash import Input, Output, State, ctx, no_update
@@ -36,15 +36,36 @@ def _from_controls(vals: list) -> dict:
             "ablate": list(ablate or [])}
 
 
-def initial_props(actx) -> Dict[str, dict]:
-    """{component id: {prop: value}} for the default model's default view, or {} when that view cannot be
-    drawn without a model run or an error (then the callbacks fill the page on load as usual)."""
+def state_of_search(actx, search: str) -> Tuple[dict, List[str]]:
+    """(state, warnings) for a URL query; an unknown model falls back to the default one (with a warning).
+    Raises ViscnnError only when there is no prepped model at all."""
+    q = parse_qs((search or "").lstrip("?"))
+    name = (q.get("model") or [actx.default_model])[-1]
+    warns: List[str] = []
+    try:
+        defaults = actx.defaults(name)
+    except ViscnnError as e:
+        models = actx.models()
+        if not models:
+            raise
+        fallback = actx.default_model if actx.default_model in models else models[0]
+        warns.append(f"{e}; showing {fallback}")
+        defaults = actx.defaults(fallback)
+        name = fallback
+    pm = actx.prepped(name)
+    s, w = st.decode(search, defaults, pm.metrics, actx.layouts(name))
+    s["model"] = name
+    return s, warns + w
+
+
+def initial_props(actx, search: str = "") -> Dict[str, dict]:
+    """{component id: {prop: value}} that put the view of ``search`` into the page, or {} when that view
+    cannot be drawn without a model run or has an error (then the callbacks fill the page on load)."""
     from viscnn.app.callbacks_graph import circuit_view
     from viscnn.app.callbacks_images import gallery_children
 
-    name = actx.default_model
     try:
-        s = actx.defaults(name)
+        s, _ = state_of_search(actx, search)
         out = circuit_view(actx, s)
     except ViscnnError:
         return {}
@@ -52,8 +73,8 @@ def initial_props(actx) -> Dict[str, dict]:
         return {}
     fig, info, els = out
     props: Dict[str, dict] = {c: {p: v} for (c, p), v in zip(CONTROLS, _to_controls(s))}
-    props["metric"]["options"] = actx.prepped(name).metrics
-    props["layout"]["options"] = actx.layouts(name)
+    props["metric"]["options"] = actx.prepped(s["model"]).metrics
+    props["layout"]["options"] = actx.layouts(s["model"])
     props.update({"state": {"data": s}, "graph3d": {"figure": fig}, "edge-info": {"children": info},
                   "cyto-data": {"data": els}, "gallery": {"children": gallery_children(actx, s)}})
     return props
@@ -72,23 +93,12 @@ def register(app, actx) -> None:
         trig = ctx.triggered_id
         n_out = len(CONTROLS)
         if trig in (None, "url") or not prev:
-            q = parse_qs((search or "").lstrip("?"))
-            name = (q.get("model") or [actx.default_model])[-1]
-            warns = []
             try:
-                defaults = actx.defaults(name)
+                s, warns = state_of_search(actx, search)
             except ViscnnError as e:
-                models = actx.models()
-                if not models:
-                    return [no_update] * n_out + [[], [], no_update, None, f"{e}", no_update]
-                fallback = actx.default_model if actx.default_model in models else models[0]
-                warns.append(f"{e}; showing {fallback}")
-                defaults = actx.defaults(fallback)
-                name = fallback
-            pm = actx.prepped(name)
-            s, w = st.decode(search, defaults, pm.metrics, actx.layouts(name))
-            s["model"] = name
-            warns += w
+                return [no_update] * n_out + [[], [], no_update, None, f"{e}", no_update]
+            pm = actx.prepped(s["model"])
+            name = s["model"]
             url = st.encode(s)
             if s == prev:  # the page already shows this view (initial_props): nothing to redraw
                 return [no_update] * (n_out + 2) + [url if url != search else no_update, no_update,

@@ -47,10 +47,17 @@ def create_app(models_dir=None, model: str = "fmnist", snapshot: Optional[str] =
     # fetch plotly.js with the other bundles (dcc.Graph only asks for it once the layout has arrived)
     app.index_string = app.index_string.replace(
         "{%css%}", '{%css%}<link rel="preload" as="script" href="/_dash-component-suites/plotly/package_data/plotly.min.js">')
-    app.layout = build_layout(models)
-    for cid, props in callbacks_state.initial_props(actx).items():  # first paint without a round trip
-        for prop, value in props.items():
-            setattr(app.layout[cid], prop, value)
+    def layout():
+        """The page with the requested view already drawn in it, so the first paint needs no callback
+        round trip. Dash fetches the layout without the page's query: it is read from the Referer (same
+        host only); without one, the default view is drawn and the URL callback switches views on load."""
+        lay = build_layout(models)
+        for cid, props in callbacks_state.initial_props(actx, _page_search()).items():
+            for prop, value in props.items():
+                setattr(lay[cid], prop, value)
+        return lay
+
+    app.layout = layout
     if start_search:
         _redirect_root(app.server, start_search)
     routes.register(app.server, actx)
@@ -61,6 +68,18 @@ def create_app(models_dir=None, model: str = "fmnist", snapshot: Optional[str] =
     callbacks_snapshot.register(app, actx)
     app.viscnn = actx
     return app
+
+
+def _page_search() -> str:
+    """The query string of the page that asked for the layout ('' outside a request or from elsewhere)."""
+    from urllib.parse import urlsplit
+
+    from flask import has_request_context, request
+
+    if not has_request_context() or not request.referrer:
+        return ""
+    u = urlsplit(request.referrer)
+    return f"?{u.query}" if u.query and u.netloc == request.host else ""
 
 
 def _redirect_root(server, search: str) -> None:
