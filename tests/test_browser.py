@@ -59,7 +59,7 @@ def wait_ready(pg) -> None:
     pg.wait_for_selector("#drawn-count")
     pg.wait_for_function(GRAPH_DRAWN)
     pg.wait_for_function("location.search.includes('model=')")
-    pg.wait_for_function("document.querySelector('#ablate-info').innerText.length > 0")
+    pg.wait_for_function("(document.querySelector('#ablate-info')?.innerText ?? '').length > 0")
 
 
 def wait_figure_matches_count(pg) -> None:
@@ -88,7 +88,7 @@ def set_threshold(pg, mode: str, value) -> None:
 
 
 def wait_drawn(pg, n: int) -> None:
-    pg.wait_for_function(f"document.querySelector('#drawn-count') && document.querySelector('#drawn-count').innerText == '{n}'")
+    pg.wait_for_function(f"document.querySelector('#drawn-count') && (document.querySelector('#drawn-count')?.innerText ?? '') == '{n}'")
 
 
 def click_node(pg, node: int) -> None:
@@ -159,27 +159,27 @@ def test_hover_draws_receptive_field_and_unknown_model_is_reported(page, server)
     page.wait_for_function("""() => { const g = document.querySelector('#input-fig .js-plotly-plot');
         return g && g.layout.shapes && g.layout.shapes.length === 1; }""")
     page.goto(server[0] + "/?model=nosuch")
-    page.wait_for_function("document.querySelector('#url-msg').innerText.includes('unknown prepped model')")
+    page.wait_for_function("(document.querySelector('#url-msg')?.innerText ?? '').includes('unknown prepped model')")
     wait_ready(page)
 
 
 def test_bad_upload_shows_error_and_app_still_answers(page):
     page.set_input_files("#upload input[type=file]", files=[
         {"name": "fake.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\nnot really a png"}])
-    page.wait_for_function("document.querySelector('#upload-msg').innerText.includes('rejected')")
+    page.wait_for_function("(document.querySelector('#upload-msg')?.innerText ?? '').includes('rejected')")
     assert "corrupt" in page.inner_text("#upload-msg")
     page.set_input_files("#upload input[type=file]", files=[
         {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"just some text"}])
-    page.wait_for_function("document.querySelector('#upload-msg').innerText.includes('notes.txt')")
+    page.wait_for_function("(document.querySelector('#upload-msg')?.innerText ?? '').includes('notes.txt')")
     assert "not an image" in page.inner_text("#upload-msg")
     set_threshold(page, "mass", 0.9)
     page.fill("#imageset", "nonsense + ")
     page.press("#imageset", "Enter")
-    page.wait_for_function("document.querySelector('#msg').innerText.length > 0")
+    page.wait_for_function("(document.querySelector('#msg')?.innerText ?? '').length > 0")
     page.fill("#imageset", "all")
     page.press("#imageset", "Enter")
-    page.wait_for_function("document.querySelector('#msg').innerText.length === 0 && "
-                           "document.querySelector('#circuit-of').textContent.includes('|all|')")
+    page.wait_for_function("(document.querySelector('#msg')?.innerText ?? '').length === 0 && "
+                           "(document.querySelector('#circuit-of')?.textContent ?? '').includes('|all|')")
 
 
 def test_snapshot_export_reopens_same_circuit(page, tmp_path):
@@ -204,12 +204,12 @@ def test_snapshot_export_reopens_same_circuit(page, tmp_path):
         {"name": "snap.json", "mimeType": "application/json", "buffer": json.dumps(snap).encode()}])
     page.wait_for_selector("#drawn-count[title='mass=0.4']")
     assert drawn(page) == n
-    page.wait_for_function("document.querySelector('#snap-msg').innerText.includes('opened snapshot')")
+    page.wait_for_function("(document.querySelector('#snap-msg')?.innerText ?? '').includes('opened snapshot')")
     assert "differs" not in page.inner_text("#snap-msg")
     # a malformed snapshot is reported, and the view stays
     page.set_input_files("#snap-upload input[type=file]", files=[
         {"name": "bad.json", "mimeType": "application/json", "buffer": b'{"format": "viscnn.snapshot", "version": 99}'}])
-    page.wait_for_function("document.querySelector('#snap-msg').innerText.includes('not opened')")
+    page.wait_for_function("(document.querySelector('#snap-msg')?.innerText ?? '').includes('not opened')")
     assert drawn(page) == n
 
 
@@ -219,12 +219,12 @@ def test_unit_target_runs_in_background(page, server):
     page.press("#target", "Enter")
     page.wait_for_function("location.search.includes('target=class%3A0')")
     page.wait_for_function("document.querySelector('#circuit-of') && "
-                           "document.querySelector('#circuit-of').textContent === "
+                           "(document.querySelector('#circuit-of')?.textContent ?? '') === "
                            "'class:0|all|' + new URLSearchParams(location.search).get('metric')", timeout=60000)
     assert page.inner_text("#msg") == ""
     page.fill("#target", "class:nosuchclass")
     page.press("#target", "Enter")
-    page.wait_for_function("document.querySelector('#msg').innerText.includes('class')")
+    page.wait_for_function("(document.querySelector('#msg')?.innerText ?? '').includes('class')")
 
 
 def test_link_opens_drawn_without_a_graph_callback(browser, server):
