@@ -7,6 +7,10 @@ time) for every callback a change triggers; the figure callback is reported sepa
 default prepped model (``fmnist`` under prepped_models/, or the tiny test fixture when it is not
 prepped yet) and a prepped *random* AlexNet (250,048 kernel edges) written to a temp folder.
 Goals: <= 150 ms and <= 2 MB per threshold change; first paint of the default model <= 3 s.
+First paint is timed in the page (from navigation start to the first animation frame with the 3D scene
+drawn), once on a cold server and as the median of 5 fresh pages on a warm one; the wall-clock time that
+Playwright observes (it lags whenever the page's main thread is busy) is printed too. Timings on a shared
+machine vary with its load, which is printed with them.
 """
 
 from __future__ import annotations
