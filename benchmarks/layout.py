@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--full", action="store_true", help="also time full SMACOF above the landmark threshold")
     a = p.parse_args()
-    L.metric_mds(random_layer(16))  # import scikit-learn outside the timings
+    L.metric_mds(random_layer(16))  # warm up (first-call overheads outside the timings)
     print(f"landmark threshold {L.LANDMARK_THRESHOLD} nodes, {L.N_LANDMARKS} landmarks; best of {a.repeats}")
     print(f"{'nodes':>6} {'method':>9} {'seconds':>8} {'stress':>7} {'classical stress':>16}")
     for n in a.sizes:

@@ -64,19 +64,42 @@ def classical_mds(vectors: np.ndarray) -> np.ndarray:
     return out
 
 
-def _smacof(d: np.ndarray, init: np.ndarray, max_iter: int = 300, eps: float = 1e-5) -> np.ndarray:
-    from sklearn.manifold import smacof
+def _distances_2d(x: np.ndarray) -> np.ndarray:
+    """Exact Euclidean distances between rows of a small [n, 2] array (no cancellation error)."""
+    diff = x[:, None, :] - x[None, :, :]
+    return np.sqrt((diff * diff).sum(-1))
 
-    if len(d) < 3 or not np.any(d > 0):
-        return init
-    x, _ = smacof(d, metric=True, n_components=2, init=init, n_init=1, max_iter=max_iter, eps=eps,
-                  normalized_stress=False)
+
+def smacof(d: np.ndarray, init: np.ndarray, max_iter: int = 300, eps: float = 1e-6) -> np.ndarray:
+    """Metric SMACOF (stress majorisation, unit weights) of dissimilarities ``d`` from ``init``.
+
+    Our own ~15 lines rather than scikit-learn's: its convergence rule changed between releases
+    (1.7), which moved committed layouts; this one is fixed: stop when one Guttman transform lowers
+    the raw stress by less than ``eps`` times its value. Tested against scikit-learn's at tight eps.
+    """
+    x = np.array(init, np.float64)
+    n = len(d)
+    if n < 3 or not np.any(d > 0):
+        return x
+    dist = _distances_2d(x)
+    stress = ((dist - d) ** 2).sum() / 2
+    for _ in range(max_iter):
+        ratio = np.divide(d, dist, out=np.zeros_like(d), where=dist > 1e-12)
+        b = -ratio
+        b[np.diag_indices(n)] += ratio.sum(1)
+        x = b @ x / n  # Guttman transform
+        dist = _distances_2d(x)
+        new = ((dist - d) ** 2).sum() / 2
+        done = stress - new <= eps * stress
+        stress = new
+        if done:
+            break
     return x
 
 
 def metric_mds(vectors: np.ndarray) -> np.ndarray:
     """Metric MDS (SMACOF from the classical solution) of the vectors' Euclidean distances."""
-    return _smacof(pairwise_distances(vectors), classical_mds(vectors))
+    return smacof(pairwise_distances(vectors), classical_mds(vectors))
 
 
 def _maxmin_landmarks(vectors: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -107,7 +130,7 @@ def landmark_mds(vectors: np.ndarray, n_landmarks: int = N_LANDMARKS, seed: int 
     rng = np.random.default_rng(seed)
     lm = _maxmin_landmarks(vectors, n_landmarks, rng)
     dl = pairwise_distances(vectors[lm])
-    y = _smacof(dl, classical_mds(vectors[lm]))
+    y = smacof(dl, classical_mds(vectors[lm]))
 
     d = pairwise_distances(vectors, vectors[lm])  # [n, L]
     yc = y - y.mean(0)
