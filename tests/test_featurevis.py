@@ -4,6 +4,7 @@ time, early exit, validation and exemplars vs brute force. Small models, 28 px, 
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from viscnn.featurevis.data import array_batches
 from viscnn.featurevis.exemplars import crop_box, exemplar_crops, top_exemplars
 from viscnn.featurevis.objectives import all_values, channel, diagonal_values, edge, neuron, parse_objective
 from viscnn.featurevis.param import FourierImage
-from viscnn.featurevis.render import render, render_edges, render_layer
+from viscnn.featurevis.render import RedirectedReLU, render, render_edges, render_layer
+from viscnn.featurevis.transform import TransformSpec, draw_transform, random_transform, step_generator
 from viscnn.featurevis.validate import best_real_values, validate
 from viscnn.receptive_field import ReceptiveFields
 from viscnn.zoo.fmnist import FashionCNN
@@ -61,6 +63,81 @@ def test_fourier_image_range_seeds_and_channels():
     assert g.shape == (1, 1, 28, 28)
     with pytest.raises(ValueError):
         FourierImage(1, 2, (8, 8), [0])
+
+
+def _reference_fourier(param: FourierImage) -> torch.Tensor:
+    """The recipe written out literally: scale, inverse FFT, /4, colour mix in pixel space, crop, sigmoid."""
+    h, w = param.size
+    spec = torch.view_as_complex(param.spectrum * param.scale[None, None, :, :, None])
+    img = torch.fft.irfftn(spec, s=(h, w), norm="ortho") / 4.0
+    if param.channels == 3:
+        img = torch.einsum("nchw,dc->ndhw", img, param.color)
+    mg = param.margin
+    return torch.sigmoid(img[:, :, mg:mg + param.out_size[0], mg:mg + param.out_size[1]])
+
+
+@pytest.mark.parametrize("channels,margin", [(3, 5), (1, 4), (3, 0)])
+def test_fourier_fast_path_matches_literal_recipe(channels, margin):
+    torch.manual_seed(0)
+    p = FourierImage(3, channels, (20, 26), [4, 5, 6], sd=0.5, margin=margin)
+    ref = _reference_fourier(p)
+    torch.testing.assert_close(p(), ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(p.signed(), 2 * ref - 1, atol=2e-6, rtol=1e-5)
+    # gradients flow to the spectrum the same way
+    g = torch.randn_like(ref)
+    (a,) = torch.autograd.grad((p.signed() * g).sum(), p.spectrum)
+    (b,) = torch.autograd.grad(((2 * _reference_fourier(p) - 1) * g).sum(), p.spectrum)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def _reference_transform(x01: torch.Tensor, spec: TransformSpec, gen: torch.Generator) -> torch.Tensor:
+    """Literal pad with gray / scale+rotate about the centre (grid_sample, border) / crop, on [0, 1] images."""
+    n, c, h, w = x01.shape
+    s, a, oy, ox = draw_transform(spec, gen)
+    p = spec.pad
+    xp = F.pad(x01, (p, p, p, p), value=0.5)
+    if s != 1 or a != 0:
+        cos, sin = math.cos(a) / s, math.sin(a) / s
+        theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=x01.dtype)
+        grid = F.affine_grid(theta.expand(n, 2, 3), list(xp.shape), align_corners=False)
+        xp = F.grid_sample(xp, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return xp[:, :, oy:oy + h, ox:ox + w]
+
+
+@pytest.mark.parametrize("size", [(28, 28), (20, 31)])
+def test_one_grid_sample_transform_matches_pad_rotate_crop(size):
+    x = torch.rand(3, 2, *size)
+    spec = TransformSpec.for_size(size)
+    seen = set()
+    for step in range(60):
+        ref = _reference_transform(x, spec, step_generator(7, step))
+        got = random_transform(2 * x - 1, spec, step_generator(7, step))
+        torch.testing.assert_close((got + 1) / 2, ref, atol=2e-5, rtol=0)
+        seen.add(draw_transform(spec, step_generator(7, step))[:2] == (1, 0))
+    assert seen == {True, False}  # both the pure-shift and the resampling branch ran
+
+
+def _reference_redirected_backward(x, g):
+    """Lucid's redirected ReLU gradient, literally, one image at a time."""
+    out = []
+    for xi, gi in zip(x, g):
+        relu_grad = torch.where(xi > 0, gi, torch.zeros_like(gi))
+        out.append(relu_grad if relu_grad.ne(0).any() else torch.where((xi <= 0) & (gi > 0), torch.zeros_like(gi), gi))
+    return torch.stack(out)
+
+
+def test_redirected_relu_matches_reference():
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 6, 6)
+    x[1] = -x[1].abs()  # image 1: ReLU dead everywhere -> redirected
+    g = torch.randn_like(x)
+    g[3] = g[3] * (x[3] <= 0)  # image 3: gradient only where the ReLU is off -> redirected too
+    xr = x.clone().requires_grad_(True)
+    y = RedirectedReLU()(xr)
+    assert torch.equal(y, torch.relu(x))
+    y.backward(g)
+    torch.testing.assert_close(xr.grad, _reference_redirected_backward(x, g), atol=0, rtol=0)
+    assert torch.equal(xr.grad[0], torch.where(x[0] > 0, g[0], torch.zeros_like(g[0])))  # alive: plain ReLU
 
 
 # -- objectives ---------------------------------------------------------------------------------------

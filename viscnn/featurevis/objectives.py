@@ -213,8 +213,11 @@ def _unit_maps(conv: nn.Conv2d, inp: torch.Tensor, outs: torch.Tensor) -> torch.
     one (a grouped conv over the batch) skips (C_out - 1)/C_out of the target layer's work."""
     n = len(outs)
     per_in, per_out = conv.in_channels // conv.groups, conv.out_channels // conv.groups
-    idx = (outs // per_out)[:, None] * per_in + torch.arange(per_in, device=inp.device)[None]  # [n, per_in]
-    sel = inp[torch.arange(n, device=inp.device)[:, None], idx]  # [n, per_in, H, W]
+    if conv.groups == 1:  # every unit reads every input channel: no gather (and no scatter in backward)
+        sel = inp
+    else:
+        idx = (outs // per_out)[:, None] * per_in + torch.arange(per_in, device=inp.device)[None]  # [n, per_in]
+        sel = inp[torch.arange(n, device=inp.device)[:, None], idx]  # [n, per_in, H, W]
     sel = sel.reshape(1, n * per_in, *sel.shape[2:])
     w, b = conv.weight[outs], (conv.bias[outs] if conv.bias is not None else None)
     if conv.padding_mode != "zeros":
@@ -237,6 +240,13 @@ def unit_needs(objectives: Sequence[Objective], modules: Dict[str, nn.Module]) -
     return out
 
 
+def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``t[idx]``, without the copy (and the backward scatter) when idx is simply 0..len(t)-1."""
+    if len(idx) == len(t) and bool((idx == torch.arange(len(t), device=idx.device)).all()):
+        return t
+    return t[idx]
+
+
 def _atom_values(kind: str, layer: str, atoms: List[Atom], captured: Dict[Tuple[str, str], torch.Tensor],
                  modules: Dict[str, nn.Module], bidx: Optional[torch.Tensor]) -> torch.Tensor:
     """Values of same-kind, same-layer atoms: [n] on images ``bidx`` (one per atom) or [n, B] on all."""
@@ -245,7 +255,7 @@ def _atom_values(kind: str, layer: str, atoms: List[Atom], captured: Dict[Tuple[
     if kind in ("channel", "neuron") and (layer, "out") not in captured:
         inp = captured[(layer, "in")]
         if bidx is not None:
-            out = _unit_maps(modules[layer], inp[bidx], ch)  # [1, n, H, W]
+            out = _unit_maps(modules[layer], _rows(inp, bidx), ch)  # [1, n, H, W]
         else:
             out = modules[layer](inp)[:, ch]  # [B, n, H, W]
         h, w = out.shape[2], out.shape[3]

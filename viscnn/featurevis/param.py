@@ -68,13 +68,25 @@ class FourierImage(torch.nn.Module):
         self.register_buffer("scale", frequency_scale(h, w, decay_power))
         self.register_buffer("color", torch.tensor(_COLOR_NORMALIZED))
 
-    def forward(self) -> torch.Tensor:
+    def _logits(self, k: float = 1.0) -> torch.Tensor:
+        """``k`` times the pre-sigmoid image, cropped to ``out_size`` (a strided view of the canvas).
+
+        Colour mixing and scaling act on the half-size spectrum (the inverse FFT is linear), so the
+        full-size image is made by one inverse FFT and nothing else."""
         h, w = self.size
-        spec = torch.view_as_complex(self.spectrum * self.scale[None, None, :, :, None])
-        img = torch.fft.irfftn(spec, s=(h, w), norm="ortho") / 4.0  # Lucent's "magic" 4
+        n, c = self.spectrum.shape[:2]
+        spec = self.spectrum
         if self.channels == 3:
-            img = torch.einsum("nchw,dc->ndhw", img, self.color)
-        if self.margin:
-            mg = self.margin
-            img = img[:, :, mg:mg + self.out_size[0], mg:mg + self.out_size[1]]
-        return torch.sigmoid(img)
+            spec = torch.matmul(self.color, spec.reshape(n, c, -1)).view_as(spec)
+        spec = spec * (self.scale * (k / 4.0))[None, None, :, :, None]  # Lucent's "magic" 1/4
+        img = torch.fft.irfftn(torch.view_as_complex(spec), s=(h, w), norm="ortho")
+        mg = self.margin
+        return img[:, :, mg:mg + self.out_size[0], mg:mg + self.out_size[1]] if mg else img
+
+    def forward(self) -> torch.Tensor:
+        return torch.sigmoid(self._logits())
+
+    def signed(self) -> torch.Tensor:
+        """The same images as ``2 * forward() - 1``, in (-1, 1) with gray at 0 (what the optimisation
+        loop transforms: padding with zeros is padding with gray). ``2 sigmoid(z) - 1 = tanh(z / 2)``."""
+        return torch.tanh(self._logits(0.5))

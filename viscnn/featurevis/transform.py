@@ -2,10 +2,15 @@
 
 Lucent's standard set is pad 12, jitter 8, scale 0.9-1.1, rotate +-10 degrees, jitter 4 at 224 px;
 here the pad/jitter are scaled to the canvas (2 px at 28 px) and folded into one step: pad with
-gray, scale+rotate about the centre with one ``grid_sample``, then crop a random window of the
-original size (the jitter), so the model always sees its own input size (models with a Linear head
-need it). One transform per step is shared by the whole batch and drawn from a generator seeded
-by (seed, step): a unit's result is the same whether it is rendered alone or in a batch.
+gray, scale+rotate about the centre of the padded image, then crop a random window of the original
+size (the jitter), so the model always sees its own input size (models with a Linear head need it).
+One transform per step is shared by the whole batch and drawn from a generator seeded by
+(seed, step): a unit's result is the same whether it is rendered alone or in a batch.
+
+The three steps compose to one affine map from output pixels to input pixels, so they run as a
+single ``grid_sample`` straight into the output window, on *signed* images (gray = 0, so the
+zero fill is the gray pad) with the whole batch as the channels of one image: one sampling grid
+for all. The tests check it against the literal pad / grid_sample / crop.
 """
 
 from __future__ import annotations
@@ -32,23 +37,42 @@ class TransformSpec:
         return cls(pad=max(1, round(12 * max(size) / 224)))
 
 
-def random_transform(x: torch.Tensor, spec: TransformSpec, gen: torch.Generator) -> torch.Tensor:
-    """Pad with 0.5, scale and rotate by a random choice, crop a random window of x's size."""
-    n, c, h, w = x.shape
-    p = spec.pad
+def draw_transform(spec: TransformSpec, gen: torch.Generator) -> Tuple[float, float, int, int]:
+    """(scale, angle in radians, crop row, crop column) from the generator, in a fixed order."""
     si = int(torch.randint(len(spec.scales), (1,), generator=gen))
     ai = int(torch.randint(len(spec.angles), (1,), generator=gen))
-    oy = int(torch.randint(2 * p + 1, (1,), generator=gen))
-    ox = int(torch.randint(2 * p + 1, (1,), generator=gen))
-    xp = F.pad(x, (p, p, p, p), value=0.5)
-    s, a = spec.scales[si], math.radians(spec.angles[ai])
-    if s != 1 or a != 0:
-        cos, sin = math.cos(a) / s, math.sin(a) / s
-        theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=x.dtype, device=x.device)
-        grid = F.affine_grid(theta.expand(n, 2, 3), list(xp.shape), align_corners=False)
-        # the border of the padded image is gray, so "border" fills the corners with gray too
-        xp = F.grid_sample(xp, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return xp[:, :, oy:oy + h, ox:ox + w]
+    oy = int(torch.randint(2 * spec.pad + 1, (1,), generator=gen))
+    ox = int(torch.randint(2 * spec.pad + 1, (1,), generator=gen))
+    return spec.scales[si], math.radians(spec.angles[ai]), oy, ox
+
+
+def transform_theta(size: Tuple[int, int], pad: int, scale: float, angle: float, oy: int, ox: int) -> torch.Tensor:
+    """[1, 2, 3] ``affine_grid`` matrix, in the image's own normalised coordinates, of: pad by ``pad``,
+    scale+rotate about the padded image's centre (``affine_grid`` convention, align_corners=False),
+    crop the window at (oy, ox)."""
+    h, w = size
+    hp, wp = h + 2 * pad, w + 2 * pad
+    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    a = torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float64)
+    pre = torch.diag(torch.tensor([w / wp, h / hp], dtype=torch.float64))  # window -> padded coordinates
+    shift = torch.tensor([(2 * ox + w) / wp - 1, (2 * oy + h) / hp - 1], dtype=torch.float64)
+    post = torch.diag(torch.tensor([wp / w, hp / h], dtype=torch.float64))  # padded -> image coordinates
+    return torch.cat([post @ a @ pre, (post @ a @ shift)[:, None]], 1)[None].float()
+
+
+def random_transform(x: torch.Tensor, spec: TransformSpec, gen: torch.Generator) -> torch.Tensor:
+    """Pad with gray, scale and rotate by a random choice, crop a random window of x's size.
+
+    ``x`` is a batch of *signed* images (gray = 0, see :meth:`FourierImage.signed`)."""
+    n, c, h, w = x.shape
+    s, a, oy, ox = draw_transform(spec, gen)
+    p = spec.pad
+    if s == 1 and a == 0:  # a pure shift by whole pixels: exact, no resampling
+        return F.pad(x, (p - ox, ox - p, p - oy, oy - p))
+    grid = F.affine_grid(transform_theta((h, w), p, s, a, oy, ox).to(x.device, x.dtype), [1, 1, h, w],
+                         align_corners=False)
+    out = F.grid_sample(x.reshape(1, n * c, h, w), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.view(n, c, h, w)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
