@@ -48,7 +48,7 @@ def top_exemplars(model: nn.Module, layers: Sequence[str], batches: Iterable, k:
     if not layers or k < 1:
         raise ViscnnError("top_exemplars needs at least one layer and k >= 1")
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    net = working_copy(model).to(dev)
+    net = working_copy(model, channels_last=True).to(dev)
     c = in_channels_of(net)
     norm = Normalizer(normalize, c).to(dev)
     state: Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}

@@ -168,7 +168,7 @@ def render(model: nn.Module, objectives: Sequence[Union[str, Objective]], size=(
         raise ViscnnError("steps must be >= 0 and batch_size >= 1")
     h, w = _pair(size)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    net = working_copy(model).to(dev)
+    net = working_copy(model, channels_last=True).to(dev)
     if redirect_relu:
         redirect_relus(net)
     c = in_channels_of(net)
