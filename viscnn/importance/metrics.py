@@ -60,8 +60,12 @@ def map_scores(h: Optional[torch.Tensor], g: Optional[torch.Tensor], metrics, B:
 
 
 def conv_edge_scores(conv: nn.Conv2d, a: Optional[torch.Tensor], g: Optional[torch.Tensor], metrics, B: int,
-                     out_hw, chunk_elements: int = CHUNK_ELEMENTS) -> Dict[str, torch.Tensor]:
-    """Edge scores [B, out*in/groups] in the graph's canonical kernel order."""
+                     out_hw, chunk_elements: int = CHUNK_ELEMENTS,
+                     node_gradient: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """Edge scores [B, out*in/groups] in the graph's canonical kernel order.
+
+    ``node_gradient``: the layer's node ``gradient`` scores [B, out] when already computed (an
+    edge's gradient is its output channel's), to skip a second pass over ``g``."""
     w = conv.weight.detach()
     cout, cg = w.shape[:2]
     device = w.device
@@ -86,7 +90,11 @@ def conv_edge_scores(conv: nn.Conv2d, a: Optional[torch.Tensor], g: Optional[tor
         for m in want_maps:
             out[m] = acc[m].reshape(B, -1)
     if "gradient" in metrics:
-        out["gradient"] = zeros if g is None else g.detach().float().abs().mean((2, 3)).repeat_interleave(cg, 1)
+        if g is None:
+            out["gradient"] = zeros
+        else:
+            gm = node_gradient if node_gradient is not None else g.detach().float().abs().mean((2, 3))
+            out["gradient"] = gm.repeat_interleave(cg, 1)
     if "weight" in metrics:
         out["weight"] = w.float().abs().mean((2, 3)).reshape(1, -1).expand(B, -1)
     return {m: out[m] for m in metrics}

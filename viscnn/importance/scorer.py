@@ -64,7 +64,8 @@ class Scorer:
                 edges = linear_edge_scores(mod, a, g, self.metrics, B, layer.in_channels)
             else:
                 nodes = map_scores(y, g, self.metrics, B, layer.channels, wmag, self.device)
-                edges = conv_edge_scores(mod, a, g, self.metrics, B, layer.out_size, self.chunk_elements)
+                edges = conv_edge_scores(mod, a, g, self.metrics, B, layer.out_size, self.chunk_elements,
+                                         nodes.get("gradient") if g is not None else None)
             yield li, {m: (nodes[m], edges[m]) for m in self.metrics}
         self.last_values = cap.values
 
