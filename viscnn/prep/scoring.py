@@ -28,6 +28,7 @@ def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.nda
     """Per-set mean scores {metric: (nodes [S, N], edges [S, E])} and image counts [S]."""
     from tqdm import tqdm
 
+    from viscnn.importance.accumulate import class_membership
     from viscnn.importance.prep_api import BatchScorer
 
     cfg, graph, data = ctx.cfg, ctx.graph, ctx.data
@@ -41,6 +42,7 @@ def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.nda
     key = stage_hash(cfg, "scores") + f":{bs}"
     sums, counts, cursor = _load_partial(part, metrics, n_sets, graph, key)
     scorer = BatchScorer(ctx.model, graph, metrics, device=device)
+    membership = class_membership(len(data.classes))
     total = data.num_batches(bs)
     mine = [b for b in range(total) if b % ctx.world == ctx.rank]
     todo = [b for b in mine if b > cursor]
@@ -51,10 +53,7 @@ def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.nda
         start = b * bs
         x, y = data.batch(range(start, min(start + bs, len(data))))
         per_image = scorer(x.to(device), y.to(device))  # {metric: (nodes [B, N], edges [B, E])}
-        yi = y.numpy()
-        member = np.zeros((n_sets, len(yi)))  # [sets, images]: its class row and the "all" row
-        member[yi, np.arange(len(yi))] = 1.0
-        member[-1] = 1.0
+        member = membership(x, y).T.double().numpy()  # [sets, images]: its class row and the "all" row
         for m, (pn, pe) in per_image.items():  # per-set sums as one float64 matmul (np.add.at is slow)
             sums[m][0][...] += member @ pn.double().cpu().numpy()
             sums[m][1][...] += member @ pe.double().cpu().numpy()
