@@ -43,7 +43,7 @@ def test_fast_edge_scores_equal_the_materialised_maps(name):
     km = kernel_maps(conv, a, slice(None))
     assert rel(km.reshape(maps.shape), maps) < 1e-10
     ref = (g.unsqueeze(2) * maps).sum((3, 4))  # Σ_p g_j·h_ji
-    for method in ("loop", "unfold", "auto"):
+    for method in ("loop", "unfold", "grouped", "auto"):
         fast = per_sample_taylor(conv, a, g, method)
         assert fast.shape == ref.shape and rel(fast, ref) < 1e-4, method
     # chunked map metrics (tiny chunks: one image, one channel per group) equal unchunked ones

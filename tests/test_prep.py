@@ -84,7 +84,7 @@ def test_prep_writes_the_format(tmp_path):
 
 
 def test_kill_and_resume_is_identical(tmp_path):
-    cfg = make_config(tmp_path, per_class=8, batch=4, stages=("graph", "kernels", "scores"))
+    cfg = make_config(tmp_path, per_class=8, batch=4, stages=("graph", "kernels", "scores", "exemplars"))
     ref = tmp_path / "ref"
     assert subprocess.run(prep_cmd(cfg, ref), capture_output=True, env=env()).returncode == 0
     out = tmp_path / "killed"
@@ -106,14 +106,42 @@ def test_kill_and_resume_is_identical(tmp_path):
     assert r.returncode == 0, r.stderr
     assert done_before >= 3
     a, b = arrays(ref / "tiny"), arrays(out / "tiny")
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and any(k.startswith("exemplars") for k in a)
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+    for f in sorted((ref / "tiny" / "exemplars").glob("*.json")):  # top-k tables resumed from the checkpoint
+        assert f.read_text() == (out / "tiny" / "exemplars" / f.name).read_text(), f.name
+
+
+def test_exemplars_from_the_scoring_pass_equal_a_separate_pass(tmp_path):
+    """The scoring pass keeps the exemplar tables; they must equal top_exemplars' own forward pass."""
+    from viscnn.featurevis.data import array_batches
+    from viscnn.featurevis.exemplars import top_exemplars
+    from viscnn.prep import load_config
+    from viscnn.prep.dataset import PrepDataset
+    from viscnn.zoo.fmnist import fmnist_cnn
+
+    cfg = make_config(tmp_path, per_class=5, batch=7, stages=("graph", "kernels", "scores", "exemplars"))
+    out = tmp_path / "models"
+    r = subprocess.run(prep_cmd(cfg, out), capture_output=True, text=True, env=env())
+    assert r.returncode == 0, r.stderr
+    assert "tables from the scoring pass" in r.stdout
+    assert not (out / "tiny" / "scores" / "_exemplars").exists()  # consumed and removed
+    data = PrepDataset(load_config(cfg, {}, base_dir=tmp_path))
+    m = fmnist_cnn()
+    m.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))
+    x = data.unit_batch(np.arange(len(data))).numpy()
+    ref = top_exemplars(m.eval(), ["conv1", "conv2", "conv3", "conv4"], array_batches(x, 13), k=6, normalize=([0.286], [0.353]))
+    for layer, ex in ref.items():
+        got = json.loads((out / "tiny" / "exemplars" / f"{layer}.json").read_text())
+        assert got["image_index"] == ex.index.tolist(), layer
+        assert got["pos"] == ex.pos.tolist(), layer
+        np.testing.assert_allclose(got["value"], ex.value, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_equals_one(tmp_path):
-    cfg = make_config(tmp_path, per_class=6, batch=8, stages=("graph", "kernels", "scores"))
+    cfg = make_config(tmp_path, per_class=6, batch=8, stages=("graph", "kernels", "scores", "exemplars"))
     one = tmp_path / "one"
     assert subprocess.run(prep_cmd(cfg, one), capture_output=True, env=env()).returncode == 0
     two = tmp_path / "two"
@@ -126,6 +154,9 @@ def test_torchrun_two_processes_equals_one(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-9, err_msg=k)
+    for f in sorted((one / "tiny" / "exemplars").glob("*.json")):  # top-k tables merged across the ranks
+        e1, e2 = json.loads(f.read_text()), json.loads((two / "tiny" / "exemplars" / f.name).read_text())
+        assert e1["image_index"] == e2["image_index"] and e1["pos"] == e2["pos"], f.name
     m1 = json.loads((one / "tiny" / "manifest.json").read_text())
     m2 = json.loads((two / "tiny" / "manifest.json").read_text())
     assert m1["image_counts"] == m2["image_counts"]

@@ -38,6 +38,77 @@ class Exemplars:
                 "pos": self.pos.tolist()}
 
 
+class TopK:
+    """Running top-``k`` (value, image index, peak position) per channel of each layer.
+
+    Entries are ordered by value, descending, then by image index, ascending: the result does not
+    depend on batch order, batch size, or how the images were split across processes, so tables
+    from a resumed run or from several ranks merge exactly (:meth:`merge`). Empty slots hold value
+    ``-inf`` and index ``EMPTY`` until ``k`` images have been seen.
+    """
+
+    EMPTY = np.iinfo(np.int64).max
+
+    def __init__(self, k: int, channels: Optional[Dict[str, int]] = None):
+        if k < 1:
+            raise ViscnnError("exemplars need k >= 1")
+        self.k = int(k)
+        self.tables: Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for layer, c in (channels or {}).items():
+            self.tables[layer] = self._empty(c)
+
+    def _empty(self, c: int):
+        return (np.full((c, self.k), -np.inf), np.full((c, self.k), self.EMPTY, np.int64), np.zeros((c, self.k, 2), np.int64))
+
+    def add(self, layer: str, a: torch.Tensor, first_index: int) -> None:
+        """Offer a batch's maps ``a`` [B, C, H, W] of images ``first_index ...``."""
+        if a.dim() != 4:
+            raise ViscnnError(f"layer {layer} does not output a 4D [N, C, H, W] map")
+        b, c, _, w = a.shape
+        v, flat = a.detach().flatten(2).max(2)  # [B, C] first maximum
+        v, flat = v.T.double().cpu().numpy(), flat.T.cpu().numpy()  # [C, B]
+        idx = np.broadcast_to(np.arange(first_index, first_index + b, dtype=np.int64), v.shape)
+        self._merge_into(layer, (v, idx, np.stack([flat // w, flat % w], -1)))
+
+    def _merge_into(self, layer: str, new) -> None:
+        old = self.tables.get(layer)
+        if old is None:
+            old = self._empty(new[0].shape[0])
+        v, idx, pos = (np.concatenate([o, n], 1) for o, n in zip(old, new))
+        by_index = np.argsort(idx, axis=1, kind="stable")
+        v, idx, pos = np.take_along_axis(v, by_index, 1), np.take_along_axis(idx, by_index, 1), np.take_along_axis(pos, by_index[..., None], 1)
+        order = np.argsort(-v, axis=1, kind="stable")[:, :self.k]  # value first, ties to the lower index
+        self.tables[layer] = (np.take_along_axis(v, order, 1), np.take_along_axis(idx, order, 1),
+                              np.take_along_axis(pos, order[..., None], 1))
+
+    def merge(self, other: "TopK") -> "TopK":
+        for layer, t in other.tables.items():
+            self._merge_into(layer, t)
+        return self
+
+    def to_arrays(self) -> Dict[str, np.ndarray]:
+        """Flat ``{"LAYER.value"|"LAYER.index"|"LAYER.pos": array}`` for checkpoints."""
+        return {f"{l}.{f}": a for l, t in self.tables.items() for f, a in zip(("value", "index", "pos"), t)}
+
+    @classmethod
+    def from_arrays(cls, k: int, arrays: Dict[str, np.ndarray]) -> "TopK":
+        out = cls(k)
+        for key in arrays:
+            if key.endswith(".value"):
+                l = key[:-len(".value")]
+                out.tables[l] = (arrays[key], arrays[f"{l}.index"], arrays[f"{l}.pos"])
+        return out
+
+    def result(self) -> Dict[str, Exemplars]:
+        out = {}
+        for l, (v, idx, pos) in self.tables.items():
+            keep = int((idx[0] != self.EMPTY).sum()) if len(idx) else 0  # every channel sees every image
+            if keep == 0:
+                raise ViscnnError("no images to find exemplars in")
+            out[l] = Exemplars(l, idx[:, :keep].astype(np.int64), v[:, :keep].astype(np.float32), pos[:, :keep].astype(np.int32))
+        return out
+
+
 @torch.no_grad()
 def top_exemplars(model: nn.Module, layers: Sequence[str], batches: Iterable, k: int = 8,
                   normalize: Normalize = None, device=None) -> Dict[str, Exemplars]:
@@ -51,32 +122,17 @@ def top_exemplars(model: nn.Module, layers: Sequence[str], batches: Iterable, k:
     net = working_copy(model, channels_last=True).to(dev)
     c = in_channels_of(net)
     norm = Normalizer(normalize, c).to(dev)
-    state: Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    top = TopK(k)
     seen = 0
     with Capture(net, {(l, "out") for l in layers}) as cap:
         for x in iter_batches(batches):
             captured = cap(norm(x.to(dev)))
-            b = x.shape[0]
             for l in layers:
-                a = captured[(l, "out")]
-                if a.dim() != 4:
-                    raise ViscnnError(f"layer {l} does not output a 4D [N, C, H, W] map")
-                w = a.shape[3]
-                v, flat = a.flatten(2).max(2)  # [B, C] first maximum
-                v, flat = v.T.cpu().numpy(), flat.T.cpu().numpy()  # [C, B]
-                idx = np.broadcast_to(np.arange(seen, seen + b), v.shape)
-                pos = np.stack([flat // w, flat % w], -1)
-                if l in state:  # earlier entries first: a stable sort then prefers lower indices
-                    ov, oi, op = state[l]
-                    v, idx, pos = np.concatenate([ov, v], 1), np.concatenate([oi, idx], 1), np.concatenate([op, pos], 1)
-                order = np.argsort(-v, axis=1, kind="stable")[:, :k]
-                state[l] = (np.take_along_axis(v, order, 1), np.take_along_axis(idx, order, 1),
-                            np.take_along_axis(pos, order[..., None], 1))
-            seen += b
+                top.add(l, captured[(l, "out")], seen)
+            seen += x.shape[0]
     if not seen:
         raise ViscnnError("no images to find exemplars in")
-    return {l: Exemplars(l, s[1].astype(np.int64), s[0].astype(np.float32), s[2].astype(np.int32))
-            for l, s in state.items()}
+    return top.result()
 
 
 def crop_box(image: torch.Tensor, box: Tuple[int, int, int, int], fill: float = 0.5) -> torch.Tensor:

@@ -20,3 +20,8 @@ class BatchScorer:
 
     def __call__(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
         return self.scorer(x, y)
+
+    @property
+    def last_outputs(self) -> Dict[str, torch.Tensor]:
+        """Every graph layer's output on the last batch (detached), by layer name."""
+        return self.scorer.last_outputs

@@ -50,6 +50,7 @@ class Scorer:
                      ) -> Iterator[Tuple[int, LayerScores]]:
         """Yield ``(layer index, {metric: (nodes [B, C], edges [B, E_layer])})`` for every layer."""
         cap = self.capture(x, labels)
+        self.last_outputs = cap.outputs  # layer outputs of this batch, for callers that also want them (exemplars)
         B = cap.x.shape[0]
         for li, layer in enumerate(self.graph.layers):
             if layer.kind == "input":

@@ -1,6 +1,11 @@
 """The scoring stage: one pass over the dataset, per-image scores for the ``loss`` target
 scatter-added into per-class rows plus an ``all`` row, in float64.
 
+When the exemplars stage is configured, the same pass also keeps every conv unit's top-k images
+(:class:`~viscnn.featurevis.exemplars.TopK`, from the conv outputs the scorer already computed),
+so exemplars cost no second forward pass over the dataset; the tables are checkpointed with the
+sums, merged across ranks, and left in ``scores/_exemplars`` for the exemplars stage.
+
 Resumable: the running sums are checkpointed atomically (plain .npy + a JSON cursor) every few
 seconds; a rerun continues after the last checkpointed batch and adds the remaining batches in
 the same order, so the result is bit-identical to an uninterrupted run. Distributed: batch b goes
@@ -11,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -24,8 +29,9 @@ CHECKPOINT_SECONDS = float(os.environ.get("VISCNN_CHECKPOINT_SECONDS", "5"))
 _TEST_DELAY = float(os.environ.get("VISCNN_TEST_BATCH_DELAY", "0"))  # lets the kill-and-resume test land mid-run
 
 
-def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.ndarray]:
-    """Per-set mean scores {metric: (nodes [S, N], edges [S, E])} and image counts [S]."""
+def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.ndarray, Optional["TopK"]]:
+    """Per-set mean scores {metric: (nodes [S, N], edges [S, E])}, image counts [S], and the
+    conv units' top-k exemplar tables (None unless the exemplars stage is configured)."""
     from tqdm import tqdm
 
     from viscnn.importance.accumulate import class_membership
@@ -39,8 +45,10 @@ def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.nda
     part = ctx.out / "scores" / "_partial" / f"rank{ctx.rank}of{ctx.world}"
     from viscnn.prep.stages import stage_hash
 
-    key = stage_hash(cfg, "scores") + f":{bs}"
-    sums, counts, cursor = _load_partial(part, metrics, n_sets, graph, key)
+    k_ex = cfg["exemplars"]["k"] if "exemplars" in cfg["run"]["stages"] else 0
+    key = stage_hash(cfg, "scores") + f":{bs}" + (f":exemplars{k_ex}" if k_ex else "")
+    conv_channels = {l.name: l.channels for l in graph.conv_layers()}
+    sums, counts, cursor, top = _load_partial(part, metrics, n_sets, graph, key, k_ex, conv_channels)
     scorer = BatchScorer(ctx.model, graph, metrics, device=device)
     membership = class_membership(len(data.classes))
     total = data.num_batches(bs)
@@ -53,6 +61,10 @@ def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.nda
         start = b * bs
         x, y = data.batch(range(start, min(start + bs, len(data))))
         per_image = scorer(x.to(device), y.to(device))  # {metric: (nodes [B, N], edges [B, E])}
+        if top is not None:
+            outs = scorer.last_outputs
+            for layer in conv_channels:
+                top.add(layer, outs[layer], start)
         member = membership(x, y).T.double().numpy()  # [sets, images]: its class row and the "all" row
         for m, (pn, pe) in per_image.items():  # per-set sums as one float64 matmul (np.add.at is slow)
             sums[m][0][...] += member @ pn.double().cpu().numpy()
@@ -63,23 +75,48 @@ def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.nda
         if _TEST_DELAY:
             time.sleep(_TEST_DELAY)
         if time.time() - last_save > CHECKPOINT_SECONDS:
-            _save_partial(part, sums, counts, cursor, key)
+            _save_partial(part, sums, counts, cursor, key, top)
             last_save = time.time()
     bar.close()
-    _save_partial(part, sums, counts, cursor, key)
+    _save_partial(part, sums, counts, cursor, key, top)
     if ctx.world > 1:
         sums, counts = _all_reduce(sums, counts)
+        top = _all_gather_top(top) if top is not None else None
     safe = np.maximum(counts, 1)[:, None]
     means = {m: (s[0] / safe, s[1] / safe) for m, s in sums.items()}
-    return means, counts
+    return means, counts, top
+
+
+def save_exemplar_tables(folder, top, key: str) -> None:
+    """The scoring pass's top-k tables for the exemplars stage (arrays first, then the key)."""
+    for k, a in top.to_arrays().items():
+        atomic_save_npy(folder / f"{k}.npy", a)
+    atomic_write_text(folder / "key.json", json.dumps({"key": key, "k": top.k, "layers": list(top.tables)}))
+
+
+def load_exemplar_tables(folder, key: str):
+    """The tables saved by :func:`save_exemplar_tables` under ``key``, or None."""
+    from viscnn.featurevis.exemplars import TopK
+
+    meta = folder / "key.json"
+    if not meta.is_file():
+        return None
+    info = json.loads(meta.read_text())
+    if info.get("key") != key:
+        return None
+    names = [f"{l}.{f}" for l in info["layers"] for f in ("value", "index", "pos")]
+    return TopK.from_arrays(info["k"], {n: np.load(folder / f"{n}.npy") for n in names})
 
 
 def _zeros(metrics, n_sets, graph):
     return {m: (np.zeros((n_sets, graph.num_nodes)), np.zeros((n_sets, graph.num_edges))) for m in metrics}
 
 
-def _load_partial(part, metrics, n_sets, graph, key):
+def _load_partial(part, metrics, n_sets, graph, key, k_ex, conv_channels):
+    from viscnn.featurevis.exemplars import TopK
+
     sums, counts, cursor = _zeros(metrics, n_sets, graph), np.zeros(n_sets, np.int64), -1
+    top = TopK(k_ex, conv_channels) if k_ex else None
     if not (part / "cursor.json").is_file():  # killed between the two renames of _save_partial
         part = part.parent / (part.name + ".old")
     meta = part / "cursor.json"
@@ -90,10 +127,12 @@ def _load_partial(part, metrics, n_sets, graph, key):
                 sums[m] = (np.load(part / f"{m}.nodes.npy"), np.load(part / f"{m}.edges.npy"))
             counts = np.load(part / "counts.npy")
             cursor = info["cursor"]
-    return sums, counts, cursor
+            if top is not None:
+                top = TopK.from_arrays(k_ex, {k: np.load(part / f"exemplars.{k}.npy") for k in top.to_arrays()})
+    return sums, counts, cursor, top
 
 
-def _save_partial(part, sums, counts, cursor, key):
+def _save_partial(part, sums, counts, cursor, key, top=None):
     # A checkpoint is a folder of arrays + cursor; write a fresh one, then switch folders by
     # rename, so a kill at any point leaves one complete checkpoint (``part`` or ``part.old``).
     gen = part.parent / (part.name + ".next")
@@ -101,6 +140,8 @@ def _save_partial(part, sums, counts, cursor, key):
         atomic_save_npy(gen / f"{m}.nodes.npy", n)
         atomic_save_npy(gen / f"{m}.edges.npy", e)
     atomic_save_npy(gen / "counts.npy", counts)
+    for k, a in (top.to_arrays() if top is not None else {}).items():
+        atomic_save_npy(gen / f"exemplars.{k}.npy", a)
     atomic_write_text(gen / "cursor.json", json.dumps({"key": key, "cursor": cursor, "metrics": list(sums),
                                                        "shape": [len(counts), *[a.shape[1] for a in next(iter(sums.values()))]]}))
     old = part.parent / (part.name + ".old")
@@ -129,3 +170,22 @@ def _all_reduce(sums, counts):
     tc = torch.from_numpy(counts)
     dist.all_reduce(tc)
     return out, tc.numpy()
+
+
+def _all_gather_top(top):
+    """Every rank's top-k tables merged (the merge is order-independent, so all ranks agree)."""
+    from viscnn.featurevis.exemplars import TopK
+
+    mine = top.to_arrays()
+    merged = TopK(top.k)
+    for rank_arrays in zip(*[_all_gather(torch.from_numpy(np.ascontiguousarray(a))) for a in mine.values()]):
+        merged.merge(TopK.from_arrays(top.k, {k: t.numpy() for k, t in zip(mine, rank_arrays)}))
+    return merged
+
+
+def _all_gather(t):
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t)
+    return parts

@@ -59,6 +59,11 @@ def stage_hash(cfg: PrepConfig, stage: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def exemplar_tables_key(ctx: Context) -> str:
+    """What the scoring pass's exemplar tables depend on: the exemplars stage's inputs and the images."""
+    return stage_hash(ctx.cfg, "exemplars") + f":{len(ctx.data)}"
+
+
 def outputs_exist(ctx: Context, stage: str) -> bool:
     o = ctx.out
     if stage == "graph":
@@ -95,8 +100,12 @@ def stage_kernels(ctx: Context):
 def stage_scores(ctx: Context):
     from viscnn.prep.scoring import score_dataset
 
-    means, counts = score_dataset(ctx)  # under torchrun, returns after every rank's sums are reduced
+    means, counts, top = score_dataset(ctx)  # under torchrun, returns after every rank's sums are reduced
     if ctx.rank == 0:
+        if top is not None:  # exemplar tables from the same pass, for the exemplars stage
+            from viscnn.prep.scoring import save_exemplar_tables
+
+            save_exemplar_tables(ctx.out / "scores" / "_exemplars", top, exemplar_tables_key(ctx))
         for metric, (nodes, edges) in means.items():
             atomic_save_npy(ctx.out / "scores" / metric / "nodes.npy", nodes.astype(np.float32))
             atomic_save_npy(ctx.out / "scores" / metric / "edges.npy", edges.astype(np.float32))

@@ -83,20 +83,33 @@ def _top_incoming_edges(ctx, k: int) -> np.ndarray:
 
 
 def exemplars_stage(ctx) -> dict:
+    """Crops of each unit's top-k images. The tables come from the scoring pass when it kept them
+    (``scores/_exemplars``, see :mod:`viscnn.prep.scoring`); otherwise one forward pass finds them."""
     from viscnn.featurevis.exemplars import exemplar_crops, top_exemplars
+    from viscnn.prep.scoring import load_exemplar_tables
+    from viscnn.prep.stages import exemplar_tables_key
     from viscnn.receptive_field import ReceptiveFields
 
     k = ctx.cfg["exemplars"]["k"]
     pp = ctx.cfg["preprocess"]
     out = ctx.out / "exemplars"
     names = [l.name for l in ctx.graph.conv_layers()]
-    everything = np.arange(len(ctx.data))
-    ex = top_exemplars(ctx.model, names, _unit_batches(ctx, everything, ctx.cfg["run"]["batch_size"]), k=k,
-                       normalize=(pp["mean"], pp["std"]), device=ctx.cfg["run"]["device"])
+    tables_dir = ctx.out / "scores" / "_exemplars"
+    top = load_exemplar_tables(tables_dir, exemplar_tables_key(ctx))
+    if top is not None and set(top.tables) == set(names):
+        ex = top.result()
+        ctx.log("[exemplars] top-k tables from the scoring pass")
+    else:
+        everything = np.arange(len(ctx.data))
+        ex = top_exemplars(ctx.model, names, _unit_batches(ctx, everything, ctx.cfg["run"]["batch_size"]), k=k,
+                           normalize=(pp["mean"], pp["std"]), device=ctx.cfg["run"]["device"])
     rf = ReceptiveFields(ctx.model, tuple(pp["size"]), pp["channels"])
     source = lambda i: ctx.data.unit_batch([int(i)]).numpy()  # noqa: E731  (index -> [1, C, H, W])
     for name in names:
         crops = exemplar_crops(source, ex[name], rf, size=tuple(pp["size"]))
         atomic_save_npy(out / f"{name}.npy", crops)
         atomic_write_text(out / f"{name}.json", json.dumps(ex[name].to_json()))
+    import shutil
+
+    shutil.rmtree(tables_dir, ignore_errors=True)  # used: the exemplars folder now holds them
     return {"exemplars": {"k": k, "layers": names}}
