@@ -81,8 +81,10 @@ class _RedirectedReLUFn(torch.autograd.Function):
         alive = (flat.amax(1) != 0) | (flat.amin(1) != 0)  # any gradient left, per image? (no temporary)
         if bool(alive.all()):
             return relu_grad
-        redirected = g.masked_fill((y <= 0) & (g > 0), 0)  # never push negatives lower
-        return torch.where(alive.view(-1, *([1] * (g.dim() - 1))), relu_grad, redirected)
+        dead = (~alive).nonzero().squeeze(1)  # usually a few images: redirect only those
+        gd, yd = g[dead], y[dead]
+        relu_grad[dead] = gd.masked_fill_((yd <= 0) & (gd > 0), 0)  # never push negatives lower
+        return relu_grad
 
 
 class RedirectedReLU(nn.Module):
