@@ -117,6 +117,34 @@ def test_one_grid_sample_transform_matches_pad_rotate_crop(size):
     assert seen == {True, False}  # both the pure-shift and the resampling branch ran
 
 
+def test_sparse_resampling_equals_grid_sample_values_and_gradients():
+    """The shared-grid CSR path (large batches) against grid_sample itself, in float64."""
+    from viscnn.featurevis.transform import SPARSE_MIN_PLANES, bilinear_matrices, transform_theta
+
+    size = (23, 30)
+    spec = TransformSpec.for_size(size)
+    x = torch.randn(SPARSE_MIN_PLANES // 2 + 1, 2, *size, dtype=torch.float64)
+    g = torch.randn_like(x)
+    ran = 0
+    for step in range(12):
+        s, a, oy, ox = draw_transform(spec, step_generator(3, step))
+        if s == 1 and a == 0:
+            continue
+        ran += 1
+        xa = x.clone().requires_grad_()
+        got = random_transform(xa, spec, step_generator(3, step))  # n*c >= SPARSE_MIN_PLANES: the CSR path
+        (got * g).sum().backward()
+        xb = x.clone().requires_grad_()
+        grid = F.affine_grid(transform_theta(size, spec.pad, s, a, oy, ox).double(), [1, 1, *size], align_corners=False)
+        ref = F.grid_sample(xb.reshape(1, -1, *size), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        (ref.view_as(g) * g).sum().backward()
+        torch.testing.assert_close(got.double(), ref.view_as(got).double(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(xa.grad.double(), xb.grad, atol=1e-5, rtol=0)
+    assert ran >= 5
+    m, mt = bilinear_matrices(grid, size)  # the transpose really is the transpose
+    torch.testing.assert_close(mt.to_dense(), m.to_dense().T)
+
+
 def _reference_redirected_backward(x, g):
     """Lucid's redirected ReLU gradient, literally, one image at a time."""
     out = []

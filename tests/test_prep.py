@@ -160,3 +160,16 @@ def test_torchrun_two_processes_equals_one(tmp_path):
     m1 = json.loads((one / "tiny" / "manifest.json").read_text())
     m2 = json.loads((two / "tiny" / "manifest.json").read_text())
     assert m1["image_counts"] == m2["image_counts"]
+
+
+def test_batched_image_loading_equals_one_image_at_a_time(tmp_path):
+    from viscnn.prep import load_config
+    from viscnn.prep.dataset import PrepDataset
+
+    data = PrepDataset(load_config(make_config(tmp_path, per_class=3), {}, base_dir=tmp_path))
+    pos = [0, 5, 29, 11]
+    one = torch.stack([data.to_unit(data.raw(p)) for p in pos])
+    assert torch.equal(data.unit_batch(pos), one)
+    x, y = data.batch(pos)
+    assert torch.equal(x, torch.stack([data.to_tensor(data.raw(p)) for p in pos]))
+    assert y.tolist() == data.labels[pos].tolist()

@@ -11,11 +11,18 @@ The three steps compose to one affine map from output pixels to input pixels, so
 single ``grid_sample`` straight into the output window, on *signed* images (gray = 0, so the
 zero fill is the gray pad) with the whole batch as the channels of one image: one sampling grid
 for all. The tests check it against the literal pad / grid_sample / crop.
+
+For large batches (many image planes) the same bilinear map runs as a sparse matrix: the grid is
+shared, so it becomes a CSR matrix with 4 entries per output pixel, applied to all planes at once
+(forward M·x, backward Mᵀ·g). CPU ``grid_sample`` recomputes the weights for every plane and its
+backward scatters one plane at a time; on 64 AlexNet-sized RGB images the sparse form's backward
+is ~2.5x faster. The tests check it against ``grid_sample`` values and gradients.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence, Tuple
 
@@ -60,6 +67,56 @@ def transform_theta(size: Tuple[int, int], pad: int, scale: float, angle: float,
     return torch.cat([post @ a @ pre, (post @ a @ shift)[:, None]], 1)[None].float()
 
 
+#: Image planes (batch x channels) from which the shared-grid sparse resampling replaces grid_sample.
+SPARSE_MIN_PLANES = 32
+
+
+def bilinear_matrices(grid: torch.Tensor, in_hw: Tuple[int, int], dtype=torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
+    """CSR ``M`` [out pixels, in pixels] of ``grid_sample(bilinear, zeros, align_corners=False)`` for a
+    [1, Ho, Wo, 2] grid, and its transpose. Every row keeps 4 entries (weight 0 outside the image)."""
+    h, w = in_hw
+    g = grid[0].reshape(-1, 2).double()
+    ix, iy = ((g[:, 0] + 1) * w - 1) / 2, ((g[:, 1] + 1) * h - 1) / 2
+    x0, y0 = ix.floor(), iy.floor()
+    fx, fy = ix - x0, iy - y0
+    x0, y0 = x0.long(), y0.long()
+    cols, vals = [], []
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            xx, yy = x0 + dx, y0 + dy
+            inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+            cols.append(torch.where(inside, yy * w + xx, 0))
+            vals.append(torch.where(inside, wy * wx, 0))
+    col, val = torch.stack(cols, 1).reshape(-1), torch.stack(vals, 1).reshape(-1).to(dtype)
+    p_out = g.shape[0]
+    row = torch.arange(p_out).repeat_interleave(4)
+    m = _csr(torch.arange(0, 4 * p_out + 1, 4), col, val, (p_out, h * w))
+    order = torch.argsort(col, stable=True)  # the transpose: entries by input pixel, rows in order
+    crow_t = torch.zeros(h * w + 1, dtype=torch.long)
+    crow_t[1:] = torch.bincount(col, minlength=h * w).cumsum(0)
+    mt = _csr(crow_t, row[order], val[order], (h * w, p_out))
+    return m, mt
+
+
+def _csr(crow, col, val, shape) -> torch.Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": used here for one spmm, tested
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, val, shape, check_invariants=False)
+
+
+class _SparseResample(torch.autograd.Function):
+    """[planes, in pixels] -> [planes, out pixels] through the CSR matrix M (and Mᵀ backward)."""
+
+    @staticmethod
+    def forward(ctx, x, m, mt):
+        ctx.mt = mt
+        return torch.sparse.mm(m, x.t()).t()
+
+    @staticmethod
+    def backward(ctx, g):
+        return torch.sparse.mm(ctx.mt, g.t()).t(), None, None
+
+
 def random_transform(x: torch.Tensor, spec: TransformSpec, gen: torch.Generator) -> torch.Tensor:
     """Pad with gray, scale and rotate by a random choice, crop a random window of x's size.
 
@@ -71,6 +128,9 @@ def random_transform(x: torch.Tensor, spec: TransformSpec, gen: torch.Generator)
         return F.pad(x, (p - ox, ox - p, p - oy, oy - p))
     grid = F.affine_grid(transform_theta((h, w), p, s, a, oy, ox).to(x.device, x.dtype), [1, 1, h, w],
                          align_corners=False)
+    if n * c >= SPARSE_MIN_PLANES and x.device.type == "cpu":
+        m, mt = bilinear_matrices(grid, (h, w), x.dtype)
+        return _SparseResample.apply(x.reshape(n * c, h * w), m, mt).view(n, c, h, w)
     out = F.grid_sample(x.reshape(1, n * c, h, w), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.view(n, c, h, w)
 

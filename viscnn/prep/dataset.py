@@ -72,10 +72,14 @@ class PrepDataset:
 
     def unit_batch(self, positions: Sequence[int]) -> torch.Tensor:
         """Un-normalised [B, C, H, W] in [0, 1] (what the feature-visualization code takes)."""
-        return torch.stack([self.to_unit(self.raw(int(p))) for p in positions])
+        pos = np.asarray(positions, dtype=np.int64)
+        if self.kind == "fashion-mnist" and self.channels == 1 and self._arrays.shape[1:] == self.size:
+            # in-memory images already at the model's size: one conversion for the batch, same values
+            return torch.from_numpy(self._arrays[self.index[pos]]).float().div_(255.0).unsqueeze(1)
+        return torch.stack([self.to_unit(self.raw(int(p))) for p in pos])
 
     def batch(self, positions: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = torch.stack([self.to_tensor(self.raw(p)) for p in positions])
+        x = (self.unit_batch(positions) - self.mean) / self.std
         return x, torch.from_numpy(self.labels[np.asarray(positions, dtype=np.int64)])
 
     def batches(self, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[Tuple[int, Tuple[torch.Tensor, torch.Tensor]]]:
