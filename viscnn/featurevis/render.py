@@ -157,12 +157,13 @@ def objective_seed(seed: int, obj: Objective) -> int:
 def render(model: nn.Module, objectives: Sequence[Union[str, Objective]], size=(224, 224), steps: int = 256,
            lr: float = 0.05, normalize: Normalize = None, seed: int = 0, batch_size: int = 64,
            transforms: bool = True, early_exit: bool = True, redirect_relu: bool = True,
-           margin: Optional[int] = None, device: Union[str, torch.device, None] = None, progress: bool = False) -> FeatureVisResult:
+           margin: Optional[int] = None, device: Union[str, torch.device, None] = None, progress=False) -> FeatureVisResult:
     """Render one image per objective (strings like ``features.3:17`` or :class:`Objective`).
 
     ``redirect_relu`` swaps ``nn.ReLU`` modules for :class:`RedirectedReLU` during optimisation only
     (the reported objective values use the unchanged forward, which is the same function).
-    ``margin``: extra parameterised pixels per side (default ~size/7, see :mod:`viscnn.featurevis.param`)."""
+    ``margin``: extra parameterised pixels per side (default ~size/7, see :mod:`viscnn.featurevis.param`).
+    ``progress``: True for a bar over batches, or a tqdm-like object advanced by one per image-step."""
     objs = [as_objective(o) for o in objectives]
     if not objs:
         raise ViscnnError("no objectives to render")
@@ -186,7 +187,8 @@ def render(model: nn.Module, objectives: Sequence[Union[str, Objective]], size=(
     # whole model runs (the one-unit-at-a-time reference) and the outputs are read
     with Capture(net, unit_needs(objs, modules) if early_exit else needs, early_exit) as cap:
         chunks = range(0, len(objs), batch_size)
-        if progress:
+        bar = progress if hasattr(progress, "update") else None
+        if progress is True:
             from tqdm import tqdm
 
             chunks = tqdm(chunks, desc="featurevis", unit="batch")
@@ -205,6 +207,8 @@ def render(model: nn.Module, objectives: Sequence[Union[str, Objective]], size=(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if bar is not None:
+                    bar.update(len(batch))
             with torch.no_grad():
                 u8 = to_uint8(param())
                 final.append(diagonal_values(batch, cap(norm(from_uint8(u8, c).to(dev))), modules).cpu())

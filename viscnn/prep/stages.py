@@ -124,7 +124,9 @@ def stage_layouts(ctx: Context):
     edges = np.load(ctx.out / "scores" / metric / "edges.npy")
     n_classes = len(ctx.data.classes)
     names = []
-    for name in LAYOUTS:
+    from tqdm import tqdm
+
+    for name in tqdm(LAYOUTS, desc="layouts", unit="layout"):
         pos = compute_layout(name, ctx.graph, np.abs(nodes[:n_classes]), np.abs(edges[-1]))
         atomic_save_npy(ctx.out / "layouts" / f"{name}.npy", np.asarray(pos, np.float32))
         names.append(name)

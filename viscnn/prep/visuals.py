@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from tqdm import tqdm
 
 from viscnn.io import atomic_save_npy, atomic_write_text
 
@@ -40,27 +41,31 @@ def featurevis_stage(ctx) -> dict:
     out = ctx.out / "featurevis"
     real = _validation_positions(ctx)
     beats, total = 0, 0
+    edges = _top_incoming_edges(ctx, ctx.cfg["featurevis"]["edges_per_node"])
+    steps = kw["steps"]
+    bar = tqdm(total=(sum(l.channels for l in ctx.graph.conv_layers()) + len(edges)) * steps, desc="featurevis",
+               unit="image-step", unit_scale=True)
     for layer in ctx.graph.conv_layers():
         meta = out / f"{layer.name}.json"
         if meta.is_file() and json.loads(meta.read_text()).get("key") == done_key and (out / f"{layer.name}.npy").is_file():
             d = json.loads(meta.read_text())
             beats, total = beats + sum(d["beats_real"]), total + len(d["beats_real"])
+            bar.update(layer.channels * steps)
             continue
-        ctx.log(f"[featurevis] {layer.name}: {layer.channels} units")
-        res = validate(render_layer(ctx.model, layer.name, **kw), ctx.model, _unit_batches(ctx, real), norm)
+        res = validate(render_layer(ctx.model, layer.name, progress=bar, **kw), ctx.model, _unit_batches(ctx, real), norm)
         beats, total = beats + int(res.beats_real.sum()), total + len(res.beats_real)
         atomic_save_npy(out / f"{layer.name}.npy", res.images)
         atomic_write_text(meta, json.dumps(res.to_json() | {"key": done_key}))
-    edges = _top_incoming_edges(ctx, ctx.cfg["featurevis"]["edges_per_node"])
     if len(edges):
         emeta = out / "edges.json"
         if not (emeta.is_file() and json.loads(emeta.read_text()).get("key") == done_key):
-            ctx.log(f"[featurevis] {len(edges)} edges")
             g = ctx.graph
             triples = [(g.layers[int(g.edges[e, 0])].name, int(g.edges[e, 1]), int(g.edges[e, 2])) for e in edges]
-            res = validate(render_edges(ctx.model, triples, graph=g, **kw), ctx.model, _unit_batches(ctx, real), norm)
+            res = validate(render_edges(ctx.model, triples, graph=g, progress=bar, **kw), ctx.model,
+                           _unit_batches(ctx, real), norm)
             atomic_save_npy(out / "edges.npy", res.images)
             atomic_write_text(emeta, json.dumps(res.to_json() | {"key": done_key, "edges": [int(e) for e in edges]}))
+    bar.close()
     ctx.log(f"[featurevis] {beats}/{total} unit visualizations beat their best real image")
     return {"featurevis": {"layers": [l.name for l in ctx.graph.conv_layers()], "edges": int(len(edges)),
                            "units_beating_real": beats, "units": total}}
@@ -101,11 +106,12 @@ def exemplars_stage(ctx) -> dict:
         ctx.log("[exemplars] top-k tables from the scoring pass")
     else:
         everything = np.arange(len(ctx.data))
-        ex = top_exemplars(ctx.model, names, _unit_batches(ctx, everything, ctx.cfg["run"]["batch_size"]), k=k,
-                           normalize=(pp["mean"], pp["std"]), device=ctx.cfg["run"]["device"])
+        bs = ctx.cfg["run"]["batch_size"]
+        batches = tqdm(_unit_batches(ctx, everything, bs), total=-(-len(everything) // bs), desc="exemplars (top-k)", unit="batch")
+        ex = top_exemplars(ctx.model, names, batches, k=k, normalize=(pp["mean"], pp["std"]), device=ctx.cfg["run"]["device"])
     rf = ReceptiveFields(ctx.model, tuple(pp["size"]), pp["channels"])
     source = lambda i: ctx.data.unit_batch([int(i)]).numpy()  # noqa: E731  (index -> [1, C, H, W])
-    for name in names:
+    for name in tqdm(names, desc="exemplars (crops)", unit="layer"):
         crops = exemplar_crops(source, ex[name], rf, size=tuple(pp["size"]))
         atomic_save_npy(out / f"{name}.npy", crops)
         atomic_write_text(out / f"{name}.json", json.dumps(ex[name].to_json()))
