@@ -18,7 +18,9 @@ prepped_models/NAME/
   exemplars/LAYER.npy    uint8 [channels, k, h, w, 3] crops; exemplars/LAYER.json {"image_index", "value", "pos"}
   images/NNN.png         the app's input images; images/index.json [{"file", "label", "class"}]
 
-Every file is written atomically, and all arrays are plain .npy (no pickle).
+Every file is written atomically, and all arrays are plain .npy (no pickle). While a prep is
+unfinished, ``scores/_partial/`` (scoring checkpoints) and ``scores/_exemplars/`` (the scoring
+pass's top-k tables, until the exemplars stage uses them) also exist; the reader ignores both.
 """
 
 from __future__ import annotations
