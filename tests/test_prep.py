@@ -171,5 +171,5 @@ def test_batched_image_loading_equals_one_image_at_a_time(tmp_path):
     one = torch.stack([data.to_unit(data.raw(p)) for p in pos])
     assert torch.equal(data.unit_batch(pos), one)
     x, y = data.batch(pos)
-    assert torch.equal(x, torch.stack([data.to_tensor(data.raw(p)) for p in pos]))
+    assert torch.equal(x, torch.stack([(data.to_unit(data.raw(p)) - data.mean) / data.std for p in pos]))
     assert y.tolist() == data.labels[pos].tolist()

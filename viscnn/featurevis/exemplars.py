@@ -86,9 +86,15 @@ class TopK:
             self._merge_into(layer, t)
         return self
 
+    FIELDS = ("value", "index", "pos")
+
+    @classmethod
+    def array_names(cls, layers: Iterable[str]) -> list:
+        return [f"{l}.{f}" for l in layers for f in cls.FIELDS]
+
     def to_arrays(self) -> Dict[str, np.ndarray]:
-        """Flat ``{"LAYER.value"|"LAYER.index"|"LAYER.pos": array}`` for checkpoints."""
-        return {f"{l}.{f}": a for l, t in self.tables.items() for f, a in zip(("value", "index", "pos"), t)}
+        """Flat ``{"LAYER.value"|"LAYER.index"|"LAYER.pos": array}`` (checkpoints, all_gather)."""
+        return dict(zip(self.array_names(self.tables), (a for t in self.tables.values() for a in t)))
 
     @classmethod
     def from_arrays(cls, k: int, arrays: Dict[str, np.ndarray]) -> "TopK":
@@ -96,8 +102,20 @@ class TopK:
         for key in arrays:
             if key.endswith(".value"):
                 l = key[:-len(".value")]
-                out.tables[l] = (arrays[key], arrays[f"{l}.index"], arrays[f"{l}.pos"])
+                out.tables[l] = tuple(arrays[f"{l}.{f}"] for f in cls.FIELDS)
         return out
+
+    def save(self, folder, prefix: str = "") -> None:
+        """One atomically written ``PREFIX LAYER.FIELD.npy`` per table array."""
+        from viscnn.io import atomic_save_npy
+
+        for name, a in self.to_arrays().items():
+            atomic_save_npy(folder / f"{prefix}{name}.npy", a)
+
+    @classmethod
+    def load(cls, folder, k: int, layers: Iterable[str], prefix: str = "") -> "TopK":
+        """The tables :meth:`save` wrote for ``layers``."""
+        return cls.from_arrays(k, {n: np.load(folder / f"{prefix}{n}.npy") for n in cls.array_names(layers)})
 
     def result(self) -> Dict[str, Exemplars]:
         out = {}

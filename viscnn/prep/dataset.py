@@ -66,10 +66,6 @@ class PrepDataset:
             x = torch.nn.functional.interpolate(x[None], size=self.size, mode="bilinear", align_corners=False, antialias=True)[0]
         return x
 
-    def to_tensor(self, raw: np.ndarray) -> torch.Tensor:
-        """uint8 [H,W,C] -> the model's normalised input [C,H,W]."""
-        return (self.to_unit(raw) - self.mean) / self.std
-
     def unit_batch(self, positions: Sequence[int]) -> torch.Tensor:
         """Un-normalised [B, C, H, W] in [0, 1] (what the feature-visualization code takes)."""
         pos = np.asarray(positions, dtype=np.int64)

@@ -89,8 +89,7 @@ def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.nda
 
 def save_exemplar_tables(folder, top, key: str) -> None:
     """The scoring pass's top-k tables for the exemplars stage (arrays first, then the key)."""
-    for k, a in top.to_arrays().items():
-        atomic_save_npy(folder / f"{k}.npy", a)
+    top.save(folder)
     atomic_write_text(folder / "key.json", json.dumps({"key": key, "k": top.k, "layers": list(top.tables)}))
 
 
@@ -104,8 +103,7 @@ def load_exemplar_tables(folder, key: str):
     info = json.loads(meta.read_text())
     if info.get("key") != key:
         return None
-    names = [f"{l}.{f}" for l in info["layers"] for f in ("value", "index", "pos")]
-    return TopK.from_arrays(info["k"], {n: np.load(folder / f"{n}.npy") for n in names})
+    return TopK.load(folder, info["k"], info["layers"])
 
 
 def _zeros(metrics, n_sets, graph):
@@ -128,7 +126,7 @@ def _load_partial(part, metrics, n_sets, graph, key, k_ex, conv_channels):
             counts = np.load(part / "counts.npy")
             cursor = info["cursor"]
             if top is not None:
-                top = TopK.from_arrays(k_ex, {k: np.load(part / f"exemplars.{k}.npy") for k in top.to_arrays()})
+                top = TopK.load(part, k_ex, conv_channels, prefix="exemplars.")
     return sums, counts, cursor, top
 
 
@@ -140,8 +138,8 @@ def _save_partial(part, sums, counts, cursor, key, top=None):
         atomic_save_npy(gen / f"{m}.nodes.npy", n)
         atomic_save_npy(gen / f"{m}.edges.npy", e)
     atomic_save_npy(gen / "counts.npy", counts)
-    for k, a in (top.to_arrays() if top is not None else {}).items():
-        atomic_save_npy(gen / f"exemplars.{k}.npy", a)
+    if top is not None:
+        top.save(gen, prefix="exemplars.")
     atomic_write_text(gen / "cursor.json", json.dumps({"key": key, "cursor": cursor, "metrics": list(sums),
                                                        "shape": [len(counts), *[a.shape[1] for a in next(iter(sums.values()))]]}))
     old = part.parent / (part.name + ".old")
