@@ -5,6 +5,8 @@ import json
 import re
 
 import numpy as np
+
+from viscnn.app.figures import graph3d
 import pytest
 import torch
 
@@ -77,12 +79,12 @@ def test_circuit_view_level_of_detail(actx, s):
     n_edges = len(actx.resolve(st).circuit.edges)
     assert n_edges > 10
     fig, info, els = circuit_view(actx, st, max_edges=10)
-    lines = {c for t in fig["data"] if t.get("mode") == "lines" for c in t["customdata"]}
+    lines = set(graph3d.drawn_edges_of(fig))
     assert len(lines) == 10
     text = " ".join(str(getattr(x, "children", x)) for x in info)
     assert f"{n_edges - 10} less important circuit edges hidden" in text
     fig, info, els = circuit_view(actx, st)
-    assert len({c for t in fig["data"] if t.get("mode") == "lines" for c in t["customdata"]}) == min(n_edges, 1500)
+    assert len(graph3d.drawn_edges_of(fig)) == min(n_edges, 1500)
     kernels = [e for e in els if e.get("classes") == "kernel"]
     assert 0 < len(kernels) <= 80 and all(e["data"]["img"].endswith(".png") for e in kernels)
 
@@ -168,7 +170,7 @@ def test_panels_and_click_mapping(actx, pm, s):
     r = actx.resolve(s)
     node = g.layers[2].node_offset + 1
     kids = node_panel(actx, dict(s, sel=g.node_id(node)), node, acts, r.edge_scores)
-    assert kids[1].id == "act-map"
+    assert kids[1].children[0].id == "act-map"
     rows = [k for k in kids if getattr(k, "className", "") == "edge-row"]
     assert len(rows) == min(5, g.layers[2].in_channels // g.layers[2].groups)
     kids = edge_panel(actx, s, 3, acts, r.edge_scores)
@@ -176,6 +178,22 @@ def test_panels_and_click_mapping(actx, pm, s):
     assert sel_from_click(g, {"points": [{"customdata": node}]}) == g.node_id(node)
     assert sel_from_click(g, {"points": [{"customdata": -8}]}) == "e7"
     assert sel_from_click(g, {"points": [{"customdata": 10 ** 9}]}) == ""
+    # a class node's panel: probabilities over all classes, its weight per channel, its gallery images
+    from viscnn.app.callbacks_panels import class_panel, find_node
+
+    cls = g.layers[-1].node_offset + 2
+    panel = class_panel(actx, dict(s, sel=g.node_id(cls)), cls, acts)
+    graphs = [k.children[0] for k in panel.children if getattr(k, "children", None) and hasattr(k.children[0], "figure")]
+    assert [gr.id for gr in graphs] == ["class-logits", "class-weights"]
+    bars = graphs[0].figure["data"][0]
+    assert len(bars["x"]) == len(pm.classes) and abs(sum(bars["x"]) - 1) < 1e-6
+    assert len(graphs[1].figure["data"][0]["x"]) == g.layers[-1].in_channels
+    # search: a node id, a class name in any case, a unique class-name fragment; a clear error otherwise
+    assert find_node(pm, g.node_id(node)) == node
+    assert find_node(pm, pm.classes[2].upper()) == cls and find_node(pm, "class:" + pm.classes[2]) == cls
+    assert find_node(pm, "Trous") == g.layers[-1].node_offset + pm.classes.index("Trouser")
+    with pytest.raises(ViscnnError, match="no node or class"):
+        find_node(pm, "zzz")
     assert sel_from_click(g, None) == ""
 
 
@@ -294,7 +312,7 @@ def test_model_picker_and_url_sync(tmp_path):
     """Two prepped models: the picker lists both; choosing one navigates to its URL; a URL opens its view."""
     from app_fixture import make_prepped
     from viscnn.app import state as stt
-    from viscnn.app.callbacks_state import CONTROLS
+    from viscnn.app.callbacks_state import CONTROLS, _to_controls
 
     make_prepped(tmp_path, "one")
     make_prepped(tmp_path, "two", seed=1)
@@ -302,8 +320,8 @@ def test_model_picker_and_url_sync(tmp_path):
     assert app.layout()["model"].options == ["one", "two"]
     c = app.server.test_client()
     s = app.viscnn.defaults("one")
-    vals = [s["model"], s["target"], s["set"], s["metric"], s["mode"], s["value"], s["layout"], ["relu"], s["image"],
-            s["sel"], s["ablate"]]
+    vals = _to_controls(s)
+    iv = [c_ for c_, _ in CONTROLS].index("value")
 
     def inputs(search, values):
         return [{"id": "url", "property": "search", "value": search}] + [
@@ -319,7 +337,7 @@ def test_model_picker_and_url_sync(tmp_path):
                  [{"id": "state", "property": "data", "value": s}])
     assert resp["nav"]["href"] == "/?model=two"
     # changing a control writes the URL
-    resp = _post(c, app, "url.search", inputs(stt.encode(s), vals[:5] + [0.8] + vals[6:]), ["value.value"],
+    resp = _post(c, app, "url.search", inputs(stt.encode(s), vals[:iv] + ["0.8"] + vals[iv + 1:]), ["value.value"],
                  [{"id": "state", "property": "data", "value": s}])
     assert "value=0.8" in resp["url"]["search"] and resp["state"]["data"]["value"] == 0.8
     # an unknown model in a link: a message, and the default model's view

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from viscnn.app import state as st
-from viscnn.app.figures import graph3d
+from viscnn.app.figures import colors, graph3d
 from viscnn.app.figures.panels import heatmap, image_figure, kernel_rgb
 from viscnn.app.uploads import data_url_bytes, decode_image
 from viscnn.errors import ViscnnError
@@ -141,6 +141,38 @@ def test_node_positions(graph):
     assert np.allclose(ratio, ratio[0], rtol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def resnet_graph():
+    import torchvision
+
+    return build_graph(torchvision.models.resnet18(weights=None).eval(), (32, 32), in_channels=3, include_classes=True)
+
+
+def test_branches_side_by_side_and_deep_labels_vertical(resnet_graph):
+    g = resnet_graph
+    pos = graph3d.node_positions(g, np.random.default_rng(0).normal(size=(g.num_nodes, 2)))
+    xs = [float(pos[l.node_offset, 0]) for l in g.layers]
+    # every layer has its own place along depth (a block's conv and its 1x1 skip conv no longer coincide)
+    assert len(set(np.round(xs, 6))) == len(g.layers)
+    by = {l.name: x for l, x in zip(g.layers, xs)}
+    assert by["layer2.0.conv1"] < by["layer2.0.downsample.0"] < by["layer2.0.conv2"]
+    # depth order is kept
+    assert all(by[a.name] < by[b.name] for a in g.layers for b in g.layers if a.depth < b.depth)
+    # 23 layers do not fit horizontally in the panel: the names turn vertical, and then neighbours are at
+    # least a line height apart at the planned panel width
+    assert graph3d.label_angle(g, pos) == -90
+    span = max(xs) - min(xs)
+    gap_px = min(np.diff(sorted(xs))) * graph3d.PANEL_PX * 0.8 / span
+    assert gap_px >= graph3d.LABEL_FONT * 1.15 and graph3d.label_style(g, pos)[1] == graph3d.LABEL_FONT
+    ann = graph3d.layer_labels(g, pos)
+    assert all(a["textangle"] == -90 for a in ann)
+
+
+def test_small_model_labels_horizontal(graph):
+    pos = graph3d.node_positions(graph, np.random.default_rng(0).normal(size=(graph.num_nodes, 2)))
+    assert graph3d.label_angle(graph, pos) == 0
+
+
 def test_select_drawn_matches_sorting_reference():
     rng = np.random.default_rng(1)
     scores = rng.normal(size=500)
@@ -158,50 +190,91 @@ def test_edge_traces_cover_each_link_once(graph):
     drawn = np.arange(0, graph.num_edges, 2)
     traces = graph3d.edge_traces(graph, pos, drawn, scores)
     assert 1 <= len(traces) <= 2 * graph3d.N_BUCKETS
+    P = graph3d.PTS
     seen = []
     for t in traces:
         x = t["x"]
-        assert len(x) % 3 == 0 and all(x[i] is None for i in range(2, len(x), 3))
-        neg = t["line"]["color"].startswith(f"rgba({graph3d.NEG_COLOR[0]},")
-        for k in range(0, len(x), 3):
-            e = -t["customdata"][k] - 1
+        assert len(x) % P == 0 and all(x[i] is None for i in range(P - 1, len(x), P))
+        neg = t["line"]["color"] == graph3d.edge_color(True, int(t["name"][-1]) - 1)
+        for k in range(0, len(x), P):
+            e = -t["customdata"][k + 1] - 1  # the midpoint is the edge
             seen.append(e)
             assert (scores[e] < 0) == neg
             src = graph.links[graph.links[:, 0] == e, 1][0]
             tgt = graph.edge_target[e]
-            assert math.isclose(x[k], round(float(pos[src, 0]), 3)) and math.isclose(x[k + 1], round(float(pos[tgt, 0]), 3))
-            assert math.isclose(t["y"][k + 1], round(float(pos[tgt, 1]), 3), abs_tol=1e-3)
+            # the end vertices carry their nodes, so a click there picks the node
+            assert t["customdata"][k] == src and t["customdata"][k + 2] == tgt
+            assert math.isclose(x[k], round(float(pos[src, 0]), 3)) and math.isclose(x[k + 2], round(float(pos[tgt, 0]), 3))
+            assert math.isclose(x[k + 1], round((float(pos[src, 0]) + float(pos[tgt, 0])) / 2, 3), abs_tol=2e-3)
+            assert math.isclose(t["y"][k + 2], round(float(pos[tgt, 1]), 3), abs_tol=1e-3)
+            assert t["text"][k + 1].startswith(f"edge e{e}: {graph.node_id(src)} → {graph.node_id(tgt)}")
     assert sorted(seen) == sorted(drawn.tolist())
     # bigger |score| never gets a thinner line than a smaller one
-    width = {-t["customdata"][k] - 1: t["line"]["width"] for t in traces for k in range(0, len(t["x"]), 3)}
+    width = {-t["customdata"][k + 1] - 1: t["line"]["width"] for t in traces for k in range(0, len(t["x"]), P)}
     order = sorted(width, key=lambda e: abs(scores[e]))
     assert all(width[a] <= width[b] for a, b in zip(order, order[1:]))
+    # with signs given, colour follows them, not the scores
+    flipped = graph3d.edge_traces(graph, pos, drawn, np.abs(scores), signs=-scores)
+    for t in flipped:
+        for k in range(0, len(t["x"]), P):
+            e = -t["customdata"][k + 1] - 1
+            assert t["line"]["color"].startswith(graph3d.edge_color(scores[e] > 0, 0)[:-5])
 
 
 def test_graph_figure_counts(graph):
     rng = np.random.default_rng(3)
     pos = graph3d.node_positions(graph, rng.normal(size=(graph.num_nodes, 2)))
-    fig = graph3d.graph_figure(graph, pos, [0, 3, 5], np.array([1, 4, 9]), rng.random(graph.num_nodes),
-                               rng.random(graph.num_edges), selected=3)
-    assert graph3d.count_drawn(fig) == 3
+    ns = rng.random(graph.num_nodes)
+    fig = graph3d.graph_figure(graph, pos, [0, 3, 5], np.array([1, 4, 9]), ns, rng.random(graph.num_edges), selected=3)
+    assert graph3d.count_drawn(fig) == 3 and graph3d.drawn_edges_of(fig) == [1, 4, 9]
     nodes = next(t for t in fig["data"] if t["name"] == "nodes")
-    assert nodes["customdata"] == list(range(graph.num_nodes)) and nodes["marker"]["size"][3] == 16
-    assert nodes["marker"]["color"][1] == -1.0 and nodes["marker"]["color"][0] >= 0
+    assert nodes["customdata"] == list(range(graph.num_nodes)) and nodes["marker"]["size"][3] == 18
+    assert nodes["marker"]["color"][1] == colors.INACTIVE and isinstance(nodes["marker"]["color"][0], float)
+    # hover: id, layer, score and rank among the circuit's nodes
+    best = max([0, 3, 5], key=lambda n: ns[n])
+    assert "rank 1 of 3 circuit nodes" in nodes["text"][best] and graph.node_id(best) in nodes["text"][best]
+    assert "not in the circuit" in nodes["text"][1]
     # layer names are scene annotations (cheap page text), one per layer at the layer's x, above all nodes
     ann = fig["layout"]["scene"]["annotations"]
     assert [a["text"] for a in ann] == [l.name for l in graph.layers]
     assert [a["x"] for a in ann] == [float(pos[l.node_offset, 0]) for l in graph.layers]
     assert all(a["z"] > pos[:, 2].max() for a in ann) and all(t["mode"] != "text" for t in fig["data"])
+    # the fixed axis ranges hold every node
+    sc = fig["layout"]["scene"]
+    for i, ax in enumerate("xyz"):
+        lo, hi = sc[f"{ax}axis"]["range"]
+        assert lo < pos[:, i].min() and hi > pos[:, i].max()
+    # centring on a node: the camera centre maps the node to the middle of the normalised scene box
+    c = graph3d.graph_figure(graph, pos, [0], np.array([1]), ns, ns[:0].tolist() + list(rng.random(graph.num_edges)),
+                             center_on=4)["layout"]["scene"]["camera"]["center"]
+    for i, ax in enumerate("xyz"):
+        lo, hi = sc[f"{ax}axis"]["range"]
+        assert math.isclose(c[ax], ((pos[4, i] - lo) / (hi - lo) - 0.5) * graph3d.ASPECT[ax], abs_tol=1e-3)
+
+
+def test_one_diverging_map_everywhere():
+    cs = colors.diverging_colorscale()
+    assert cs[0] == [0.0, colors.NEG] and cs[-1] == [1.0, colors.POS]
+    assert tuple(colors.diverging_rgb(1.0)) == tuple(int(colors.POS[i:i + 2], 16) for i in (1, 3, 5))
+    assert tuple(colors.diverging_rgb(-5.0)) == tuple(int(colors.NEG[i:i + 2], 16) for i in (1, 3, 5))
+    # the 3D edge colours are the map's ends
+    assert graph3d.edge_color(False, 3).startswith("rgba(%d,%d,%d," % tuple(colors.diverging_rgb(1.0)))
+    assert graph3d.edge_color(True, 3).startswith("rgba(%d,%d,%d," % tuple(colors.diverging_rgb(-1.0)))
+    assert colors.symmetric_limit([0, 0]) == 1.0 and colors.symmetric_limit([-3, 2]) == 3.0
 
 
 def test_kernel_rgb_and_heatmaps():
     k = np.array([[1.0, 0.0], [-1.0, 0.5]])
     rgb = kernel_rgb(k)
-    assert tuple(rgb[0, 1]) == (255, 255, 255)  # zero is white
+    assert tuple(rgb[0, 1]) == tuple(int(v) for v in colors.diverging_rgb(0.0))  # zero is the map's neutral
     assert rgb[0, 0, 0] > rgb[0, 0, 2] and rgb[1, 0, 2] > rgb[1, 0, 0]  # red positive, blue negative
+    assert "#%02x%02x%02x" % tuple(rgb[0, 0]) == colors.POS and "#%02x%02x%02x" % tuple(rgb[1, 0]) == colors.NEG
     assert kernel_rgb(k, upscale=4).shape == (8, 8, 3)
     h = heatmap(np.arange(6.0).reshape(2, 3) - 2)
     assert h["data"][0]["zmin"] == -3 and h["data"][0]["zmax"] == 3
+    # the heatmap's colour scale is the same diverging map, red at the positive end (no reversescale)
+    cs = h["data"][0]["colorscale"]
+    assert cs[-1][1] == colors.POS and cs[0][1] == colors.NEG and not h["data"][0].get("reversescale")
     f = image_figure(np.zeros((10, 12), np.uint8), box=(1, 4, 2, 6))
     r = f["layout"]["shapes"][0]
     assert (r["x0"], r["x1"], r["y0"], r["y1"]) == (1.5, 5.5, 0.5, 3.5)

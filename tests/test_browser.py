@@ -68,7 +68,7 @@ def wait_figure_matches_count(pg) -> None:
     pg.wait_for_function("""() => { const g = document.querySelector('#graph3d .js-plotly-plot');
         const c = document.querySelector('#drawn-count');
         if (!g || !g.data || !c) return false;
-        const n = new Set(g.data.filter(t => t.mode === 'lines').flatMap(t => t.customdata)).size;
+        const n = new Set(g.data.filter(t => t.mode === 'lines').flatMap(t => t.customdata.filter(c => c !== null && c < 0))).size;
         return String(n) === c.innerText; }""")
 
 
@@ -113,9 +113,9 @@ def png_bytes(arr):
 
 
 def drawn_in_figure(pg) -> int:
-    """Distinct edges in the 3D figure's line traces (customdata -(edge+1) on every point)."""
+    """Distinct edges in the 3D figure's line traces (customdata -(edge+1) on each edge's midpoint)."""
     return pg.evaluate("""() => new Set(document.querySelector('#graph3d .js-plotly-plot').data
-        .filter(t => t.mode === 'lines').flatMap(t => t.customdata)).size""")
+        .filter(t => t.mode === 'lines').flatMap(t => t.customdata.filter(c => c !== null && c < 0))).size""")
 
 
 def test_loads_graph_and_threshold_changes_edges(page):

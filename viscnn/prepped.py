@@ -21,14 +21,22 @@ prepped_models/NAME/
 Every file is written atomically, and all arrays are plain .npy (no pickle). While a prep is
 unfinished, ``scores/_partial/`` (scoring checkpoints) and ``scores/_exemplars/`` (the scoring
 pass's top-k tables, until the exemplars stage uses them) also exist; the reader ignores both.
+
+The reader is shared by the app's request threads. Each array is memory-mapped (and each small JSON
+file parsed) once per PreppedModel, under a lock; every caller gets the cached read-only memmap (and
+a fresh copy of the parsed JSON). ``np.load`` parses the .npy header with ``ast.literal_eval``, which
+is not thread-safe in CPython 3.11 (``SystemError: AST constructor recursion depth mismatch``), while
+reading an open memmap is. A missing file is not cached (it is looked for again on the next call).
 """
 
 from __future__ import annotations
 
 import json
-from functools import cached_property
+import os
+import threading
+import weakref
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -37,6 +45,18 @@ from viscnn.graph import Graph
 
 FORMAT = "viscnn.prepped"
 VERSION = 1
+
+_OPEN: "weakref.WeakSet[PreppedModel]" = weakref.WeakSet()
+
+
+def _fresh_locks() -> None:
+    """The app's background callbacks fork the threaded server: a lock another thread held at that
+    moment would stay locked forever in the child, so each reader gets a new one there."""
+    for pm in list(_OPEN):
+        pm._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_locks)
 
 
 def safe_layer_file(layer: str) -> str:
@@ -62,6 +82,27 @@ class PreppedModel:
             raise ViscnnError(f"{mf} is not a viscnn prepped-model manifest")
         if self.manifest.get("version") != VERSION:
             raise ViscnnError(f"{mf}: format version {self.manifest.get('version')} unsupported (expected {VERSION})")
+        self._lock = threading.Lock()
+        self._opened: Dict[str, object] = {}  # cache key -> memmap / parsed JSON / graph
+        _OPEN.add(self)
+
+    def _once(self, key: str, load: Callable[[], object]):
+        """``load()``'s result, made once (under the lock) and cached under ``key``."""
+        v = self._opened.get(key)
+        if v is not None:
+            return v
+        with self._lock:
+            v = self._opened.get(key)
+            if v is None:
+                v = self._opened[key] = load()
+            return v
+
+    def _mmap(self, p: Path) -> np.ndarray:
+        return self._once(f"npy:{p}", lambda: np.load(p, mmap_mode="r", allow_pickle=False))
+
+    def _json(self, p: Path):
+        """The parsed file, as a fresh copy (callers may modify it; the file is read only once)."""
+        return _copy_json(self._once(f"json:{p}", lambda: json.loads(p.read_text())))
 
     @classmethod
     def open(cls, name: str, models_dir=None) -> "PreppedModel":
@@ -103,9 +144,10 @@ class PreppedModel:
     def normalize(self) -> Dict[str, list]:
         return self.manifest.get("normalize", {"mean": [0.0], "std": [1.0]})
 
-    @cached_property
+    @property
     def graph(self) -> Graph:
-        return Graph.load(self.root / "graph")
+        """The model graph, loaded once."""
+        return self._once("graph", lambda: Graph.load(self.root / "graph"))
 
     def load_model(self):
         """The model with its weights (a fresh object each call)."""
@@ -119,7 +161,7 @@ class PreppedModel:
         p = self.root / rel
         if not p.is_file():
             raise ViscnnError(f"{self.name}: missing {rel} (rerun `viscnn prep`)")
-        return np.load(p, mmap_mode="r", allow_pickle=False)
+        return self._mmap(p)
 
     def set_index(self, image_set: str) -> int:
         try:
@@ -151,28 +193,34 @@ class PreppedModel:
 
     def featurevis(self, layer: str) -> Optional[np.ndarray]:
         p = self.root / "featurevis" / f"{safe_layer_file(layer)}.npy"
-        return np.load(p, mmap_mode="r", allow_pickle=False) if p.is_file() else None
+        return self._mmap(p) if p.is_file() else None
 
     def featurevis_meta(self, layer: str) -> Optional[dict]:
         p = self.root / "featurevis" / f"{safe_layer_file(layer)}.json"
-        return json.loads(p.read_text()) if p.is_file() else None
+        return self._json(p) if p.is_file() else None
 
     def edge_featurevis(self) -> tuple:
-        """(global edge indices, uint8 images [n, h, w, 3], meta) of the prepped edge visualizations."""
+        """(global edge indices, uint8 images [n, h, w, 3], meta) of the prepped edge visualizations.
+        Read once; every caller shares the same (read-only) objects."""
         p = self.root / "featurevis" / "edges.json"
         if not p.is_file():
             return np.zeros(0, np.int64), None, None
-        meta = json.loads(p.read_text())
-        imgs = np.load(self.root / "featurevis" / "edges.npy", mmap_mode="r", allow_pickle=False)
-        return np.asarray(meta["edges"], np.int64), imgs, meta
+
+        def load():
+            meta = json.loads(p.read_text())
+            imgs = np.load(self.root / "featurevis" / "edges.npy", mmap_mode="r", allow_pickle=False)
+            edges = np.asarray(meta["edges"], np.int64)
+            edges.flags.writeable = False  # shared by every caller
+            return edges, imgs, meta
+        return self._once("edge_featurevis", load)
 
     def exemplars(self, layer: str) -> Optional[np.ndarray]:
         p = self.root / "exemplars" / f"{safe_layer_file(layer)}.npy"
-        return np.load(p, mmap_mode="r", allow_pickle=False) if p.is_file() else None
+        return self._mmap(p) if p.is_file() else None
 
     def images(self) -> List[dict]:
         p = self.root / "images" / "index.json"
-        return json.loads(p.read_text()) if p.is_file() else []
+        return self._json(p) if p.is_file() else []
 
     def image_path(self, file: str) -> Path:
         """Path of one prepped input image; refuses anything outside ``images/``."""
@@ -181,6 +229,14 @@ class PreppedModel:
         if base not in p.parents or not p.is_file():
             raise ViscnnError(f"no prepped image {file!r}")
         return p
+
+
+def _copy_json(v):
+    if isinstance(v, dict):
+        return {k: _copy_json(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_copy_json(x) for x in v]
+    return v
 
 
 def list_models(models_dir=None) -> List[str]:

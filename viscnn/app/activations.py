@@ -105,7 +105,8 @@ def _run(pm, arr, ablate) -> Activations:
     if edges:
         import copy
 
-        model = copy.deepcopy(model)
+        with _RUN_LOCK:  # not while another run has its hooks on the shared model: the copy would keep them
+            model = copy.deepcopy(model)
         _zero_kernels(model, graph, edges)
     x = to_tensor(arr, pm)
     zero_by_layer: Dict[str, List[int]] = {}

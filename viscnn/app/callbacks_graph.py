@@ -1,16 +1,29 @@
-"""The circuit for the current state: 3D graph, level-of-detail message, 2D circuit view, and the
-background model run for targets that are not precomputed."""
+"""The circuit for the current state: 3D graph, legend, level-of-detail message, 2D circuit, top-of-circuit
+tables, field errors, and the background model run for targets that are not precomputed.
+
+:func:`circuit_props` is the one place that turns a state into what the page shows, as
+``{component id: {prop: value}}``: the first page (``callbacks_state.initial_props``) and every later
+update use it, so they cannot disagree."""
 
 from __future__ import annotations
 
-import numpy as np
-from dash import Input, Output, html, no_update
+from typing import Dict, Optional
 
-from viscnn.app import routes
+import numpy as np
+from dash import Input, Output, State, html, no_update
+
+from viscnn.app import queries, routes
 from viscnn.app import state as st
 from viscnn.app.figures import cytoscape as cy
 from viscnn.app.figures import graph3d
 from viscnn.errors import ViscnnError
+
+# (component, prop) pairs the update callback writes, in order
+OUTPUTS = [("graph3d", "figure"), ("edge-info", "children"), ("legend", "children"), ("cyto-data", "data"),
+           ("cyto-count", "children"), ("top-nodes", "data"), ("top-edges", "data"), ("msg", "children"),
+           ("target-msg", "children"), ("imageset-msg", "children"), ("value-msg", "children"),
+           ("graph-wrap", "className")]
+TABLE_ROWS = 100
 
 
 def selected_node(graph, sel: str):
@@ -22,32 +35,110 @@ def selected_node(graph, sel: str):
         return None
 
 
-def circuit_view(actx, s: dict, max_edges: int = graph3d.MAX_EDGES):
-    """(figure, info children, cytoscape elements) for a state, or raises ViscnnError.
-    Returns None when the scores need a model run that has not finished."""
+def field_errors(actx, s: dict) -> Dict[str, str]:
+    """{message component id: error} for the fields of a state that do not parse (empty when all do)."""
+    pm = actx.prepped(s["model"])
+    errs = {}
+    for cid, check in (("target-msg", lambda: queries.parse_target(pm, s["target"])),
+                       ("imageset-msg", lambda: queries.parse_sets(pm, s["set"])),
+                       ("value-msg", lambda: st.threshold_kwargs(s["mode"], s["value"]))):
+        try:
+            check()
+        except ViscnnError as e:
+            errs[cid] = str(e)
+    return errs
+
+
+def _tables(g, labels, nodes, edges, ns, es):
+    nodes = np.asarray(nodes, np.int64)
+    edges = np.asarray(edges, np.int64)
+    on = nodes[np.argsort(-np.abs(ns[nodes]), kind="stable")][:TABLE_ROWS]
+    oe = edges[np.argsort(-np.abs(es[edges]), kind="stable")][:TABLE_ROWS]
+    src = g.links[np.searchsorted(g.links[:, 0], oe), 1] if len(oe) else []
+    trows = [{"id": g.node_id(int(n)), "rank": r + 1, "node": labels[int(n)],
+              "layer": g.layers[int(g.node_layer[n])].name, "score": float(f"{float(ns[n]):.4g}")}
+             for r, n in enumerate(on)]
+    erows = [{"id": f"e{int(e)}", "rank": r + 1, "edge": f"e{int(e)}", "from": labels[int(a)],
+              "to": labels[int(g.edge_target[e])], "score": float(f"{float(es[e]):.4g}")}
+             for r, (e, a) in enumerate(zip(oe, src))]
+    return trows, erows
+
+
+def circuit_props(actx, s: dict, center: Optional[dict] = None,
+                  max_edges: int = graph3d.MAX_EDGES) -> Optional[Dict[str, dict]]:
+    """What the page shows for a state, or None while its scores need a model run that has not finished.
+    Raises ViscnnError for a state that gives no circuit (the caller shows the error)."""
+    from viscnn.app.views.circuit.legend import legend_children
+
     r = actx.resolve(s)
     if r.pending:
         return None
     pm, circ = r.pm, r.circuit
     g = pm.graph
+    name = s["model"]
+    labels = actx.labels(name)
     edges = np.asarray(circ.edges, np.int64)
     drawn = graph3d.select_drawn(edges, r.edge_scores, max_edges)
-    fig = graph3d.graph_figure(g, actx.positions(s["model"], s["layout"]), circ.nodes, drawn, r.node_scores,
-                               r.edge_scores, r.signs, actx.labels(s["model"]), selected_node(g, s.get("sel", "")),
-                               uirevision=f"{s['model']}:{s['layout']}")
+    sel_node = selected_node(g, s.get("sel", ""))
+    cnode = None
+    if center and center.get("sel") == s.get("sel") and sel_node is not None:
+        cnode = sel_node
+    uirev = f"{name}:{s['layout']}" + (f":c{center.get('n')}" if cnode is not None else "")
+    fig = graph3d.graph_figure(g, actx.positions(name, s["layout"]), circ.nodes, drawn, r.node_scores,
+                               r.edge_scores, r.signs, labels, sel_node, uirevision=uirev, classes=pm.classes,
+                               node_signs=r.node_signs, center_on=cnode)
     hidden = len(edges) - len(drawn)
+    basis = queries.basis(pm, r.query, bool(r.run_key))
     info = [f"Circuit: {len(circ.nodes)} nodes, {len(edges)} of {g.num_edges} edges. Drawing ",
             html.B(str(len(drawn)), id="drawn-count", title=f"{s['mode']}={st.fmt_value(s['value'])}"), " edges",
             html.Span(f"; {hidden} less important circuit edges hidden (level of detail keeps the top {max_edges})"
                       if hidden else "", id="hidden-count"),
-            html.Span(f"{s['target']}|{s['set']}|{s['metric']}", id="circuit-of", style={"display": "none"})]
+            html.Span(f"{s['target']}|{s['set']}|{s['metric']}", id="circuit-of", style={"display": "none"}),
+            html.Div(basis, id="basis", className="muted")]
     if not len(edges):
         info.append(html.Span(" — empty: no path from the input to the target survives this threshold; loosen it.",
                               className="warn"))
-    els = cy.circuit_elements(g, circ.nodes, edges, r.edge_scores,
-                              lambda n: routes.fv_url(s["model"], n) if g.layers[int(g.node_layer[n])].kind != "input" else None,
-                              lambda e: routes.kernel_url(s["model"], e))
-    return fig, info, els
+
+    def thumb(n):  # conv nodes only: input channels have no picture, class nodes are labelled boxes
+        return routes.fv_url(name, n, stretch=True) if g.layers[int(g.node_layer[n])].kind == "conv" else None
+
+    c2 = cy.circuit_elements(g, circ.nodes, edges, r.edge_scores, thumb, lambda e: routes.kernel_url(name, e),
+                             max_edges=st.clamp_cap(s.get("cap", st.CAP_DEFAULT)), signs=r.signs, labels=labels,
+                             selected=s.get("sel"), is_stretched=lambda n: routes.fv_is_low_contrast(pm, n))
+    count = (f"showing {c2.shown_edges} of {c2.total_edges} circuit edges"
+             + (" (the most important by |score|; raise the cap to see more)" if c2.shown_edges < c2.total_edges else ""))
+    ns = np.asarray(r.node_scores, np.float64)
+    es = np.asarray(r.edge_scores, np.float64)
+    trows, erows = _tables(g, labels, circ.nodes, edges, ns, es)
+    terms = queries.parse_sets(pm, s["set"])
+    return {"graph3d": {"figure": fig}, "edge-info": {"children": info},
+            "legend": {"children": legend_children(terms, s["metric"], r.sign_metric)},
+            "cyto-data": {"data": c2.elements}, "cyto-count": {"children": count},
+            "top-nodes": {"data": trows}, "top-edges": {"data": erows}, "msg": {"children": ""},
+            "target-msg": {"children": ""}, "imageset-msg": {"children": ""}, "value-msg": {"children": ""},
+            "graph-wrap": {"className": ""}}
+
+
+def circuit_view(actx, s: dict, max_edges: int = graph3d.MAX_EDGES):
+    """(figure, info children, cytoscape elements) for a state (see :func:`circuit_props`), or None."""
+    p = circuit_props(actx, s, max_edges=max_edges)
+    if p is None:
+        return None
+    return p["graph3d"]["figure"], p["edge-info"]["children"], p["cyto-data"]["data"]
+
+
+def _error_outputs(actx, s: dict, err: str) -> list:
+    """Outputs for a state that gives no circuit: each field's error at its field (the general line only
+    for what belongs to no field), and the stale graph greyed out."""
+    try:
+        fe = field_errors(actx, s)
+    except ViscnnError:
+        fe = {}
+    out = {c: no_update for c, _ in OUTPUTS}
+    out.update({"msg": "" if fe else err, "target-msg": fe.get("target-msg", ""),
+                "imageset-msg": fe.get("imageset-msg", ""), "value-msg": fe.get("value-msg", ""),
+                "graph-wrap": "stale"})
+    return [out[c] for c, _ in OUTPUTS]
 
 
 def register(app, actx, manager) -> None:
@@ -65,24 +156,24 @@ def register(app, actx, manager) -> None:
             return no_update
         return {"state": s, "key": actx.run_key(s)} if pending else no_update
 
-    @app.callback(
-        Output("graph3d", "figure"), Output("edge-info", "children"), Output("msg", "children"),
-        Output("cyto-data", "data"), Input("state", "data"), Input("scores-ready", "data"),
-        prevent_initial_call=True,
-    )
-    def update(s, ready):
+    @app.callback([Output(c, p) for c, p in OUTPUTS] + [Output("run-progress", "children", allow_duplicate=True)],
+                  Input("state", "data"), Input("scores-ready", "data"), State("center-on", "data"),
+                  prevent_initial_call=True)
+    def update(s, ready, center):
         if not s:
-            return no_update, no_update, no_update, no_update
+            return [no_update] * (len(OUTPUTS) + 1)
         try:
-            out = circuit_view(actx, s)
+            props = circuit_props(actx, s, center)
         except ViscnnError as e:
-            return no_update, no_update, str(e), no_update
-        if out is None:
+            return _error_outputs(actx, s, str(e)) + [""]
+        if props is None:
             if ready and ready.get("key") == actx.run_key(s) and ready.get("error"):
-                return no_update, no_update, ready["error"], no_update
-            return no_update, "Running the model for this target...", "", no_update
-        fig, info, els = out
-        return fig, info, "", els
+                return _error_outputs(actx, s, ready["error"]) + [""]
+            out = [no_update] * len(OUTPUTS)
+            out[[c for c, _ in OUTPUTS].index("edge-info")] = "Running the model for this target..."
+            out[[c for c, _ in OUTPUTS].index("graph-wrap")] = "stale"
+            return out + [no_update]
+        return [props[c][p] for c, p in OUTPUTS] + [""]  # a finished run clears its progress line
 
     # The 2D circuit is drawn once the 3D graph has painted: on page load both compete for the browser's
     # one main thread, and the 3D graph is the main view (the wait gives up after 5 s, e.g. on an error).

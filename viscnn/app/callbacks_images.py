@@ -15,16 +15,22 @@ def gallery_children(actx, s: dict) -> list:
         items = actx.prepped(s["model"]).images()
     except ViscnnError:
         return []
-    return [html.Button(html.Img(src=routes.input_url(s["model"], f"img:{it['file']}"), width=48, height=48),
-                        id={"type": "gal", "file": it["file"]}, title=f"{it['file']} ({it.get('class', '')})",
-                        className="current" if s.get("image") == f"img:{it['file']}" else "")
-            for it in items[:60]]
+    ups = [html.Button([html.Img(src=routes.input_url(s["model"], it["key"]), width=48, height=48),
+                        html.Span(it["name"][:10], className="up-name")],
+                       id={"type": "gal", "file": it["key"]}, title=f"your upload: {it['name']}",
+                       className="upload-thumb" + (" current" if s.get("image") == it["key"] else ""))
+           for it in actx.uploads(s["model"])]
+    return ups + [html.Button(html.Img(src=routes.input_url(s["model"], f"img:{it['file']}"), width=48, height=48),
+                              id={"type": "gal", "file": f"img:{it['file']}"}, title=f"{it['file']} ({it.get('class', '')})",
+                              className="current" if s.get("image") == f"img:{it['file']}" else "")
+                  for it in items[:60]]
 
 
 def register(app, actx) -> None:
     # the page's first view arrives with the gallery already filled (see callbacks_state.initial_props)
-    @app.callback(Output("gallery", "children"), Input("state", "data"), prevent_initial_call=True)
-    def gallery(s):
+    @app.callback(Output("gallery", "children"), Input("state", "data"), Input("upload-msg", "children"),
+                  prevent_initial_call=True)
+    def gallery(s, _msg):
         if not s:
             return no_update
         return gallery_children(actx, s)
@@ -35,7 +41,7 @@ def register(app, actx) -> None:
         trig = ctx.triggered_id
         if not isinstance(trig, dict) or not any(c for c in clicks if c):
             return no_update
-        return f"img:{trig['file']}"
+        return trig["file"]
 
     @app.callback(Output("image", "data", allow_duplicate=True), Output("upload-msg", "children"),
                   Input("upload", "contents"), State("upload", "filename"), State("state", "data"),
@@ -47,7 +53,7 @@ def register(app, actx) -> None:
             pm = actx.prepped(s["model"])
             c, h, w = pm.input_shape
             arr = decode_image(data_url_bytes(contents), c, (h, w))
-            key = actx.add_upload(arr)
+            key = actx.add_upload(arr, filename or "", s["model"])
         except ViscnnError as e:
             return no_update, f"Upload {filename or ''} rejected: {e}"
         return key, ""

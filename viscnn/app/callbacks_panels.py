@@ -8,8 +8,16 @@ from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from viscnn.app import activations as A
 from viscnn.app import routes
+from viscnn.app.figures import classpanel as CP
 from viscnn.app.figures import panels as P
+from viscnn.app.shell.layout import export_buttons, graph_config
 from viscnn.errors import ViscnnError
+
+
+def fig_block(cid: str, figure: dict, what: str, **graph_kw) -> html.Div:
+    """A panel figure with its PNG/SVG export buttons."""
+    return html.Div([dcc.Graph(id=cid, figure=figure, config=graph_config(cid), **graph_kw),
+                     html.Div(export_buttons(cid, what), className="row exports")])
 
 
 def sel_from_click(graph, click) -> str:
@@ -61,11 +69,14 @@ def node_panel(actx, s, node: int, acts, edge_scores):
     g = pm.graph
     name = s["model"]
     layer = g.layers[int(g.node_layer[node])]
+    if layer.kind == "linear":
+        return class_panel(actx, s, node, acts)
     m = A.node_map(g, acts, node, relu=s.get("relu", False))
     kids = [html.H4(f"Node {actx.labels(name)[node]}"),
-            dcc.Graph(id="act-map", figure=P.heatmap(m, f"activation map ({'ReLU' if s.get('relu') else 'raw'})",
-                                                     diverging=not s.get("relu")),
-                      config={"displayModeBar": False}, clear_on_unhover=True)]
+            fig_block("act-map", P.heatmap(m, f"activation map on the input image ({'after ReLU' if s.get('relu') else 'raw'}), "
+                                              f"{m.shape[0]}x{m.shape[1]}", diverging=not s.get("relu"),
+                                           colorbar_title="activation"),
+                      "activation map", clear_on_unhover=True)]
     if layer.kind != "input":
         fv = routes.node_image(pm, node, "fv")
         ex = pm.exemplars(layer.name)
@@ -112,22 +123,49 @@ def edge_panel(actx, s, e: int, acts, edge_scores):
                   html.Div([html.Div("source -> target feature vis"), html.Div(
                       [html.Img(src=routes.fv_url(name, n)) for n in (src, tgt)
                        if routes.node_image(pm, n, "fv") is not None], className="thumbs")])], className="row"),
-        dcc.Graph(figure=P.heatmap(kern, "kernel"), config={"displayModeBar": False}),
-        dcc.Graph(figure=P.heatmap(inp, "input map (the channel the kernel reads)"), config={"displayModeBar": False}),
-        dcc.Graph(figure=P.heatmap(out, "output map (input convolved with the kernel)"), config={"displayModeBar": False}),
+        fig_block("edge-kernel", P.heatmap(kern, f"kernel weights {kern.shape[0]}x{kern.shape[1]}", colorbar_title="weight"), "kernel"),
+        fig_block("edge-in-map", P.heatmap(inp, "input map (the channel the kernel reads)", colorbar_title="activation"), "input map"),
+        fig_block("edge-out-map", P.heatmap(out, "output map (input convolved with the kernel)", colorbar_title="activation"), "output map"),
     ]
+
+
+def class_panel(actx, s, node: int, acts):
+    """A class node: the image's probabilities over all classes, the class's weight per input channel,
+    and the gallery images of the class (a logit is not a map and a Linear row is not a kernel)."""
+    pm = actx.prepped(s["model"])
+    g = pm.graph
+    ci = CP.class_index_of_node(g, node)
+    classes = pm.classes if len(pm.classes) == g.layers[-1].channels else [str(i) for i in range(g.layers[-1].channels)]
+    cname = classes[ci]
+    w, chans = CP.class_channel_weights(pm, ci)
+    files = CP.class_exemplar_files(pm, ci)
+    return html.Div([
+        html.H4(f"Class node {actx.labels(s['model'])[node]}"),
+        fig_block("class-logits", CP.logits_figure(acts.logits, classes, ci,
+                                                   title=f"the input image's class probabilities (highlight: {cname})"),
+                  "class probabilities"),
+        fig_block("class-weights", CP.class_weights_figure(w, chans, f"{cname}: final-layer weight per input channel"),
+                  "class weights"),
+        html.Div(f"Gallery images of {cname}", className="muted"),
+        html.Div([html.Img(src=routes.input_url(s["model"], f"img:{f}"), title=f) for f in files]
+                 or [html.I("no gallery images of this class")], className="thumbs"),
+    ], className="class-panel")
 
 
 def register(app, actx) -> None:
     @app.callback(Output("sel", "data", allow_duplicate=True),
                   Input("graph3d", "clickData"), Input("cyto", "tapNodeData"),
                   Input({"type": "pick-edge", "edge": __import__("dash").ALL}, "n_clicks"),
+                  Input("top-nodes", "active_cell"), Input("top-edges", "active_cell"),
                   State("state", "data"), prevent_initial_call=True)
-    def select(click, tap, picks, s):
+    def select(click, tap, picks, cell_n, cell_e, s):
         if not s:
             return no_update
         g = actx.prepped(s["model"]).graph
         trig = ctx.triggered_id
+        if trig in ("top-nodes", "top-edges"):
+            cell = cell_n if trig == "top-nodes" else cell_e
+            return (cell or {}).get("row_id") or no_update
         if trig == "graph3d":
             return sel_from_click(g, click) or no_update
         if trig == "cyto" and tap:
@@ -172,6 +210,19 @@ def register(app, actx) -> None:
             kids = html.Div(str(e), className="error")
         return kids, fig, pred, abl
 
+    @app.callback(Output("sel", "data", allow_duplicate=True), Output("center-on", "data"),
+                  Output("search-msg", "children"), Input("search", "value"), State("state", "data"),
+                  State("center-on", "data"), prevent_initial_call=True)
+    def search(text, s, prev):
+        if not s or not (text or "").strip():
+            return no_update, no_update, ""
+        try:
+            node = find_node(actx.prepped(s["model"]), text)
+        except ViscnnError as e:
+            return no_update, no_update, str(e)
+        sel = actx.prepped(s["model"]).graph.node_id(node)
+        return sel, {"sel": sel, "n": int((prev or {}).get("n", 0)) + 1}, ""
+
     @app.callback(Output("input-fig", "figure", allow_duplicate=True), Input("act-map", "hoverData"),
                   State("state", "data"), prevent_initial_call=True)
     def rf_box(hover, s):
@@ -202,6 +253,28 @@ def register(app, actx) -> None:
         return cur + [sel]
 
 
+def find_node(pm, text: str) -> int:
+    """The node a search names: a node id (``conv2:5``, ``input:0``), a class name (any case), or
+    ``class:NAME``; raises ViscnnError saying what was not found."""
+    g = pm.graph
+    q = text.strip()
+    if q.lower().startswith("class:"):
+        q = q[6:].strip()
+    names = {c.lower(): i for i, c in enumerate(pm.classes)}
+    last = g.layers[-1]
+    if q.lower() in names and last.kind == "linear" and len(pm.classes) == last.channels:
+        return last.node_offset + names[q.lower()]
+    try:
+        return g.node_index(q)
+    except ViscnnError:
+        pass
+    hits = [c for c in pm.classes if q.lower() in c.lower()]
+    if len(hits) == 1 and last.kind == "linear":
+        return last.node_offset + pm.classes.index(hits[0])
+    raise ViscnnError(f"no node or class {text.strip()!r}" + (f"; did you mean {', '.join(hits[:5])}?" if hits else
+                      " (try LAYER:CHANNEL such as " + f"{g.layers[min(1, len(g.layers) - 1)].name}:0 or a class name)"))
+
+
 def rf_box_of(actx, model: str, sel: str, y: int, x: int):
     """Receptive-field box (y0, y1, x0, x1) on the input of the selected node's unit at (y, x)."""
     from viscnn.receptive_field import ReceptiveFields
@@ -230,6 +303,6 @@ def _prediction(actx, s, pm, acts, base):
         if base is not acts:
             txt += f" (before ablation {target_value(pm, s.get('target', 'loss'), base, label):.4g})"
         parts.append(html.Span(txt, id="target-value"))
-    except (ViscnnError, ImportError) as e:
-        parts.append(html.Span(f" | target: {e}"))
+    except (ViscnnError, ImportError):
+        pass  # a target that does not parse is reported once, at the target field
     return parts

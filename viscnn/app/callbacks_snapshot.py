@@ -5,6 +5,7 @@ from __future__ import annotations
 from dash import Input, Output, State, no_update
 
 from viscnn.app import snapshot as S
+from viscnn.app.exports import circuit_csv, class_labels, export_basename
 from viscnn.app.uploads import data_url_bytes
 from viscnn.errors import ViscnnError
 
@@ -27,7 +28,18 @@ def export_files(actx, s: dict):
                            exemplars=lambda n: [a for a in (routes.node_image(pm, n, "ex", k) for k in range(4)) if a is not None],
                            kernel=lambda e: routes.kernel_of(pm, e), snapshot=d,
                            title=f"viscnn: {s['model']} circuit for {s['target'] or 'loss'} on {s['set']}")
-    return json.dumps(d, indent=1), html, f"viscnn-{s['model']}-snapshot"
+    return json.dumps(d, indent=1), html, export_basename(s["model"], s["target"], s["set"]) + "-snapshot"
+
+
+def export_csv(actx, s: dict):
+    """(nodes csv, edges csv, base file name) of the current circuit with scores, signs and ranks."""
+    r = actx.resolve(s)
+    if r.pending:
+        raise ViscnnError("the scores for this target are still being computed; export when the graph shows them")
+    g = r.pm.graph
+    nodes_csv, edges_csv = circuit_csv(g, r.circuit.nodes, r.circuit.edges, r.node_scores, r.edge_scores,
+                                       labels=class_labels(g, r.pm.classes), signs=r.signs)
+    return nodes_csv, edges_csv, export_basename(s["model"], s["target"], s["set"])
 
 
 def register(app, actx) -> None:
@@ -43,6 +55,19 @@ def register(app, actx) -> None:
             return no_update, no_update, f"export failed: {e}"
         return ({"content": js, "filename": f"{base}.json", "type": "application/json"},
                 {"content": html, "filename": f"{base}.html", "type": "text/html"}, "")
+
+    @app.callback(Output("download-nodes-csv", "data"), Output("download-edges-csv", "data"),
+                  Output("snap-msg", "children", allow_duplicate=True),
+                  Input("export-csv", "n_clicks"), State("state", "data"), prevent_initial_call=True)
+    def export_tables(n, s):
+        if not n or not s:
+            return no_update, no_update, no_update
+        try:
+            nodes_csv, edges_csv, base = export_csv(actx, s)
+        except ViscnnError as e:
+            return no_update, no_update, f"export failed: {e}"
+        return ({"content": nodes_csv, "filename": f"{base}-nodes.csv", "type": "text/csv"},
+                {"content": edges_csv, "filename": f"{base}-edges.csv", "type": "text/csv"}, "")
 
     @app.callback(Output("url", "search", allow_duplicate=True), Output("snap-msg", "children", allow_duplicate=True),
                   Input("snap-upload", "contents"), State("snap-upload", "filename"), prevent_initial_call=True)

@@ -19,20 +19,20 @@ from dash import Input, Output, State, ctx, no_update
 from viscnn.app import state as st
 from viscnn.errors import ViscnnError
 
-CONTROLS = [("model", "value"), ("target", "value"), ("imageset", "value"), ("metric", "value"), ("mode", "value"),
-            ("value", "value"), ("layout", "value"), ("relu", "value"), ("image", "data"), ("sel", "data"),
+CONTROLS = [("model", "value"), ("view", "value"), ("target", "value"), ("imageset", "value"), ("metric", "value"), ("mode", "value"),
+            ("value", "value"), ("layout", "value"), ("cyto-cap", "value"), ("relu", "value"), ("image", "data"), ("sel", "data"),
             ("ablate", "data")]
 
 
 def _to_controls(s: dict) -> list:
-    return [s["model"], s["target"], s["set"], s["metric"], s["mode"], s["value"], s["layout"],
+    return [s["model"], s.get("view", "circuit"), s["target"], s["set"], s["metric"], s["mode"], s["value"], s["layout"], s.get("cap", st.CAP_DEFAULT),
             ["relu"] if s["relu"] else [], s["image"], s["sel"], s["ablate"]]
 
 
 def _from_controls(vals: list) -> dict:
-    model, target, iset, metric, mode, value, layout, relu, image, sel, ablate = vals
-    return {"model": model, "target": target or "", "set": iset or "", "metric": metric, "mode": mode,
-            "value": value, "layout": layout, "image": image or "", "relu": bool(relu), "sel": sel or "",
+    model, view, target, iset, metric, mode, value, layout, cap, relu, image, sel, ablate = vals
+    return {"model": model, "view": view or "circuit", "target": (target or "").strip() or "loss", "set": iset or "",
+            "metric": metric, "mode": mode, "value": st.parse_value(value), "layout": layout, "cap": st.clamp_cap(cap), "image": image or "", "relu": bool(relu), "sel": sel or "",
             "ablate": list(ablate or [])}
 
 
@@ -55,32 +55,82 @@ def state_of_search(actx, search: str) -> Tuple[dict, List[str]]:
     pm = actx.prepped(name)
     s, w = st.decode(search, defaults, pm.metrics, actx.layouts(name))
     s["model"] = name
-    return s, warns + w
+    return s, warns + w + _check_keys(actx, s, defaults)
+
+
+def _check_keys(actx, s: dict, defaults: dict) -> List[str]:
+    """Drop the link's image, selection and ablations that do not exist in this model (each with a
+    warning), so one bad key never wipes the rest of the view."""
+    from viscnn.app.activations import parse_ablation
+
+    g = actx.prepped(s["model"]).graph
+    warns = []
+    if s.get("image") and s["image"] != defaults.get("image"):
+        try:
+            actx.image(s["model"], s["image"])
+        except ViscnnError as e:
+            warns.append(f"image {s['image']!r} ignored: {e}; showing {defaults.get('image', '').split(':', 1)[-1]}")
+            s["image"] = defaults.get("image", "")
+    good = []
+    for a in s.get("ablate") or []:
+        try:
+            parse_ablation(g, [a])
+            good.append(a)
+        except ViscnnError as e:
+            warns.append(f"ablation {a!r} ignored: {e}")
+    s["ablate"] = good
+    sel = s.get("sel") or ""
+    if sel:
+        try:
+            parse_ablation(g, [sel])
+        except ViscnnError as e:
+            warns.append(f"selection {sel!r} ignored: {e}")
+            s["sel"] = ""
+    return warns
 
 
 def initial_props(actx, search: str = "") -> Dict[str, dict]:
     """{component id: {prop: value}} that put the view of ``search`` into the page, or {} when that view
     cannot be drawn without a model run or has an error (then the callbacks fill the page on load)."""
-    from viscnn.app.callbacks_graph import circuit_view
+    from viscnn.app.callbacks_graph import circuit_props
     from viscnn.app.callbacks_images import gallery_children
 
     try:
         s, _ = state_of_search(actx, search)
-        out = circuit_view(actx, s)
+        out = circuit_props(actx, s)
     except ViscnnError:
         return {}
     if out is None:
         return {}
-    fig, info, els = out
     props: Dict[str, dict] = {c: {p: v} for (c, p), v in zip(CONTROLS, _to_controls(s))}
     props["metric"]["options"] = actx.prepped(s["model"]).metrics
     props["layout"]["options"] = actx.layouts(s["model"])
-    props.update({"state": {"data": s}, "graph3d": {"figure": fig}, "edge-info": {"children": info},
-                  "cyto-data": {"data": els}, "gallery": {"children": gallery_children(actx, s)}})
+    props.update(view_props(s.get("view", "circuit")))
+    props.update(out)
+    props.update({"state": {"data": s}, "gallery": {"children": gallery_children(actx, s)}})
     return props
 
 
+def view_props(view: str) -> Dict[str, dict]:
+    """{container id: {"style": ...}}: the chosen view shown, the others hidden (kept in the page, so a
+    view keeps its camera and selection while another is shown)."""
+    from viscnn.app.views import VIEW_NAMES
+
+    return {f"view-{v}": {"style": {} if v == view else {"display": "none"}} for v in VIEW_NAMES}
+
+
 def register(app, actx) -> None:
+    from viscnn.app.views import VIEW_NAMES
+
+    @app.callback([Output(f"view-{v}", "style") for v in VIEW_NAMES], Input("view", "value"))
+    def show_view(view):
+        props = view_props(view if view in VIEW_NAMES else "circuit")
+        return [props[f"view-{v}"]["style"] for v in VIEW_NAMES]
+
+    app.clientside_callback(
+        """function(n) { return (n % 2) ? {} : {display: 'none'}; }""",
+        Output("help", "style"), Input("help-toggle", "n_clicks"), prevent_initial_call=True)
+
     @app.callback(
         [Output(c, p) for c, p in CONTROLS]
         + [Output("metric", "options"), Output("layout", "options"), Output("url", "search"),
@@ -109,7 +159,10 @@ def register(app, actx) -> None:
         if trig == "model" and prev and s["model"] != prev.get("model"):
             return [no_update] * n_out + [no_update, no_update, no_update, no_update, "", f"/?model={s['model']}"]
         outs = [no_update] * n_out
+        iv = [c for c, _ in CONTROLS].index("value")
         if trig == "mode" and prev and s["mode"] != prev.get("mode"):
             s["value"] = st.MODE_DEFAULTS.get(s["mode"], s["value"])
-            outs[5] = s["value"]
+            outs[iv] = s["value"]
+        if trig == "target" and vals[[c for c, _ in CONTROLS].index("target")] != s["target"]:
+            outs[[c for c, _ in CONTROLS].index("target")] = s["target"]  # an empty target is the loss: say so
         return outs + [no_update, no_update, st.encode(s), s, "", no_update]

@@ -34,6 +34,11 @@ class Resolved:
     circuit: object
     pending: bool = False
     run_key: str = ""
+    node_signs: Optional[np.ndarray] = None
+    sign_metric: Optional[str] = None  # the signed metric the colours come from (None: the scores' own)
+
+
+MAX_UPLOADS_LISTED = 12
 
 
 def grid_layout(graph) -> np.ndarray:
@@ -130,10 +135,20 @@ class AppContext:
         c, h, w = pm.input_shape
         return self._memoize(("img", name, file), lambda: decode_image(pm.image_path(file).read_bytes(), c, (h, w)))
 
-    def add_upload(self, arr: np.ndarray) -> str:
+    def add_upload(self, arr: np.ndarray, name: str = "", model: str = "") -> str:
+        """Keep an uploaded image (24 h) and list it, under its file name, in ``model``'s gallery."""
         key = hashlib.sha256(np.ascontiguousarray(arr).tobytes() + str(arr.shape).encode()).hexdigest()[:16]
         self.cache.set(f"upload:{key}", np.ascontiguousarray(arr), expire=24 * 3600)
+        if model:
+            with self.cache.transact():
+                items = [it for it in (self.cache.get(f"uploads:{model}") or []) if it["key"] != f"up:{key}"]
+                items.insert(0, {"key": f"up:{key}", "name": (name or "upload")[:80]})
+                self.cache.set(f"uploads:{model}", items[:MAX_UPLOADS_LISTED], expire=24 * 3600)
         return f"up:{key}"
+
+    def uploads(self, model: str) -> List[dict]:
+        """[{key, name}] of the uploads still on the server for ``model``, newest first."""
+        return [it for it in (self.cache.get(f"uploads:{model}") or []) if f"upload:{it['key'][3:]}" in self.cache]
 
     def image(self, name: str, key: str) -> np.ndarray:
         """The uint8 image of an image key: ``img:FILE`` (gallery) or ``up:HASH`` (an upload)."""
@@ -163,7 +178,7 @@ class AppContext:
             raise ViscnnError(f"metric {s['metric']!r} was not prepped; prepped metrics: {', '.join(pm.metrics)}")
         if not queries.needs_run(pm, q):
             ns, es = self._memoize(("pre", s["model"], q.key), lambda: queries.precomputed_scores(pm, q), 16)
-            signs = self._memoize(("signs", s["model"], q.key), lambda: queries.edge_signs(pm, q.metric, es, q), 16)
+            signs = self._memoize(("signs", s["model"], q.key), lambda: queries.signed_scores(pm, q.metric, es, q), 16)
             return pm, q, ns, es, signs, False, ""
         key = self.run_key(s)
         hit = self.cache.get(key)
@@ -193,4 +208,6 @@ class AppContext:
         ck = ("circ", s["model"], q.key, s.get("image", "") if key else "", s["mode"], float(s["value"]))
         targets = self._memoize(("tn", s["model"], s["target"]), lambda: queries.target_nodes(pm, s["target"]), 16)
         circ = self._memoize(ck, lambda: queries.circuit_of(pm.graph, ns, es, thr, targets), 16)
-        return Resolved(pm, q, ns, es, signs, circ, False, key)
+        if signs is None:
+            return Resolved(pm, q, ns, es, None, circ, False, key)
+        return Resolved(pm, q, ns, es, signs[1], circ, False, key, node_signs=signs[0], sign_metric=signs[2])

@@ -130,14 +130,44 @@ def circuit_of(graph, node_scores: np.ndarray, edge_scores: np.ndarray, threshol
     return extract_circuit(graph, node_scores, edge_scores, target_nodes=targets, **threshold)
 
 
-def edge_signs(pm, metric: str, image_set_scores: np.ndarray, q: Query) -> Optional[np.ndarray]:
-    """Edge signs for colouring: the scores' own when they are signed, else the signed metric's."""
-    if (np.asarray(image_set_scores) < 0).any():
+def signed_scores(pm, metric: str, edge_scores: np.ndarray, q: Query):
+    """(node scores, edge scores, metric name) whose signs colour the graph when ``metric`` is unsigned:
+    the matching ``*_signed`` prepped metric over the same image sets. None when the scores carry their
+    own sign (or no signed metric answers this query)."""
+    if (np.asarray(edge_scores) < 0).any():
         return None
     signed = next((m for m in pm.metrics if m.endswith("_signed") and m.startswith(metric)), None)
     if signed is None or not is_loss(q.target):
         return None
     try:
-        return precomputed_scores(pm, Query(q.target, q.image_set, signed))[1]
+        ns, es = precomputed_scores(pm, Query(q.target, q.image_set, signed))
     except ViscnnError:
         return None
+    return ns, es, signed
+
+
+def edge_signs(pm, metric: str, image_set_scores: np.ndarray, q: Query) -> Optional[np.ndarray]:
+    """Edge signs for colouring: the scores' own when they are signed, else the signed metric's."""
+    r = signed_scores(pm, metric, image_set_scores, q)
+    return None if r is None else r[1]
+
+
+def basis(pm, q: Query, ran: bool) -> str:
+    """What the scores rest on, for the page: how many images of which set, which metric and target."""
+    terms = parse_sets(pm, q.image_set)
+    counts = dict(zip(pm.image_sets, pm.manifest.get("image_counts") or []))
+    split = (pm.manifest.get("data") or {}).get("split") or "prepped"
+    items = pm.images()
+    parts = []
+    for coef, name in terms:
+        if name == IMAGE_SET:
+            n, where = 1, "the current input image"
+        elif ran:
+            n = len(items) if name == "all" else sum(1 for it in items if it.get("class") == name)
+            where = f"gallery images of {name!r}"
+        else:
+            n, where = counts.get(name), f"{split} images of {name!r}"
+        c = "" if coef == 1 else f"{coef:g} x "
+        parts.append(f"{c}mean over {n if n is not None else '?'} {where}")
+    tgt = q.target.strip() or "loss"
+    return f"Scores: {q.metric} of {tgt}, " + "; ".join(parts) + "."

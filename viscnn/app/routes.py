@@ -14,8 +14,54 @@ from viscnn.errors import ViscnnError
 PREFIX = "/viscnn-img"
 
 
-def fv_url(model: str, node: int) -> str:
-    return f"{PREFIX}/{model}/fv/{node}.png"
+def fv_url(model: str, node: int, stretch: bool = False) -> str:
+    """URL of a node's feature visualization; ``stretch=True`` asks for the contrast-stretched version
+    (served as is when the picture has enough contrast, see :func:`stretch_contrast`)."""
+    return f"{PREFIX}/{model}/fv/{node}.png" + ("?stretch=1" if stretch else "")
+
+
+# Contrast stretch of nearly uniform thumbnails. The percentiles are robust ones (2..98, not 1..99):
+# the default model's conv1 visualizations are ~98% near-black (gray 5..15) with a few saturated
+# border pixels, so their 1..99 range is ~250 levels and only a 2..98 range sees that they look uniform.
+STRETCH_PCT = (2.0, 98.0)
+STRETCH_BELOW = 96  # stretch when the percentile range is narrower than this many gray levels
+_STRETCH_SAMPLE = 65536  # percentiles of big pictures are estimated on a strided sample
+
+
+def _stretch_range(img: np.ndarray):
+    a = np.asarray(img)
+    step = max(1, int(np.ceil(np.sqrt(a.size / _STRETCH_SAMPLE))))
+    sample = a[::step, ::step] if a.ndim >= 2 else a
+    lo, hi = np.percentile(np.asarray(sample, np.float64), STRETCH_PCT)
+    return float(lo), float(hi)
+
+
+def stretch_contrast(img: np.ndarray):
+    """(picture, stretched): a low-contrast uint8 picture (its ``STRETCH_PCT`` percentile range under
+    ``STRETCH_BELOW`` gray levels) linearly mapped so that range becomes 0..255 (clipped beyond), all
+    channels together so hues keep their relation; any other picture (or a constant one, which has
+    nothing to stretch) is returned unchanged with False."""
+    a = np.asarray(img)
+    if a.size == 0:
+        return a, False
+    lo, hi = _stretch_range(a)
+    if hi - lo >= STRETCH_BELOW or hi - lo < 1:
+        return a, False
+    out = (np.asarray(a, np.float64) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), True
+
+
+def fv_is_low_contrast(pm, node: int) -> bool:
+    """Whether ``fv_url(..., stretch=True)`` of this node serves a stretched picture (False when the
+    node has no prepped feature visualization or is not a node)."""
+    try:
+        a = node_image(pm, int(node), "fv")
+    except ViscnnError:
+        return False
+    if a is None or a.size == 0:
+        return False
+    lo, hi = _stretch_range(a)
+    return 1 <= hi - lo < STRETCH_BELOW
 
 
 def ex_url(model: str, node: int, k: int) -> str:
@@ -73,7 +119,7 @@ def kernel_of(pm, edge: int) -> np.ndarray:
 
 
 def register(server, ctx) -> None:
-    from flask import Response, abort
+    from flask import Response, abort, request
 
     from viscnn.app.figures.panels import kernel_rgb, png_bytes
 
@@ -97,6 +143,8 @@ def register(server, ctx) -> None:
             abort(404)
         if a is None:
             abort(404)
+        if request.args.get("stretch") == "1":
+            a, _ = stretch_contrast(a)
         return png(a)
 
     @server.route(f"{PREFIX}/<name>/ex/<int:node>/<int:k>.png")

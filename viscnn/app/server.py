@@ -13,10 +13,10 @@ def create_app(models_dir=None, model: str = "fmnist", snapshot: Optional[str] =
     import dash
     from dash import DiskcacheManager
 
-    from viscnn.app import (callbacks_graph, callbacks_images, callbacks_panels, callbacks_snapshot,
-                            callbacks_state, routes)
+    from viscnn.app import callbacks_images, callbacks_state, routes
     from viscnn.app.context import AppContext
-    from viscnn.app.layout import build_layout
+    from viscnn.app.shell.layout import page
+    from viscnn.app.views import view_packages
     from viscnn.paths import REPO_DIR
 
     actx = AppContext(models_dir, model, cache_dir)
@@ -51,7 +51,7 @@ def create_app(models_dir=None, model: str = "fmnist", snapshot: Optional[str] =
         """The page with the requested view already drawn in it, so the first paint needs no callback
         round trip. Dash fetches the layout without the page's query: it is read from the Referer (same
         host only); without one, the default view is drawn and the URL callback switches views on load."""
-        lay = build_layout(models)
+        lay = page(models, {name: pkg.layout(models) for name, pkg in view_packages().items()})
         for cid, props in callbacks_state.initial_props(actx, _page_search()).items():
             for prop, value in props.items():
                 setattr(lay[cid], prop, value)
@@ -62,10 +62,9 @@ def create_app(models_dir=None, model: str = "fmnist", snapshot: Optional[str] =
         _redirect_root(app.server, start_search)
     routes.register(app.server, actx)
     callbacks_state.register(app, actx)
-    callbacks_graph.register(app, actx, manager)
-    callbacks_panels.register(app, actx)
     callbacks_images.register(app, actx)
-    callbacks_snapshot.register(app, actx)
+    for pkg in view_packages().values():
+        pkg.register(app, actx, manager)
     app.viscnn = actx
     return app
 

@@ -10,14 +10,15 @@ from typing import Dict, List, Sequence, Tuple
 from urllib.parse import parse_qs, urlencode
 
 MODES = ("mass", "topk", "score")
+CAP_DEFAULT, CAP_MAX = 40, 400  # edges drawn in the 2D circuit
 MODE_DEFAULTS = {"mass": 0.5, "topk": 100, "score": 0.1}
-KEYS = ("model", "target", "set", "metric", "mode", "value", "layout", "image", "relu", "sel", "ablate")
+KEYS = ("model", "view", "target", "set", "metric", "mode", "value", "layout", "cap", "image", "relu", "sel", "ablate")
 
 
 def default_state(model: str, metrics: Sequence[str], layouts: Sequence[str], images: Sequence[str] = ()) -> dict:
     layout = next((l for l in ("mds", "pca", "grid") if l in layouts), layouts[0] if layouts else "grid")
-    return {"model": model, "target": "loss", "set": "all", "metric": metrics[0] if metrics else "taylor",
-            "mode": "mass", "value": MODE_DEFAULTS["mass"], "layout": layout,
+    return {"model": model, "view": "circuit", "target": "loss", "set": "all", "metric": metrics[0] if metrics else "taylor",
+            "mode": "mass", "value": MODE_DEFAULTS["mass"], "layout": layout, "cap": CAP_DEFAULT,
             "image": f"img:{images[0]}" if images else "", "relu": True, "sel": "", "ablate": []}
 
 
@@ -58,6 +59,15 @@ def decode(search: str, defaults: dict, metrics: Sequence[str], layouts: Sequenc
             state[k] = get[k][:500]
     if "model" in get and get["model"]:
         state["model"] = get["model"][:200]
+    if get.get("view"):
+        from viscnn.app.views import VIEW_NAMES
+
+        if get["view"] in VIEW_NAMES:
+            state["view"] = get["view"]
+        else:
+            warnings.append(f"unknown view {get['view']!r}; showing {state['view']}")
+    if "target" in state and not str(state["target"]).strip():
+        state["target"] = "loss"
     if get.get("metric"):
         if get["metric"] in metrics:
             state["metric"] = get["metric"]
@@ -79,11 +89,31 @@ def decode(search: str, defaults: dict, metrics: Sequence[str], layouts: Sequenc
             state["value"] = float(get["value"])
         except ValueError:
             warnings.append(f"threshold value {get['value']!r} is not a number; using {state['value']}")
+    if get.get("cap"):
+        state["cap"] = clamp_cap(get["cap"])
     if "relu" in get:
         state["relu"] = get["relu"] not in ("0", "false", "")
     if "ablate" in get:
         state["ablate"] = [a for a in get["ablate"].split(",") if a][:200]
     return state, warnings
+
+
+def clamp_cap(v) -> int:
+    """The 2D circuit's edge cap as a whole number in [1, CAP_MAX] (the default for anything else)."""
+    try:
+        return int(min(max(int(float(v)), 1), CAP_MAX))
+    except (TypeError, ValueError, OverflowError):
+        return CAP_DEFAULT
+
+
+def parse_value(v):
+    """A threshold field's text as a float when it is a number, else the text (reported when used)."""
+    if isinstance(v, (int, float)) or v is None:
+        return v
+    try:
+        return float(str(v).strip())
+    except ValueError:
+        return str(v)[:40]
 
 
 def threshold_kwargs(mode: str, value) -> Dict[str, object]:

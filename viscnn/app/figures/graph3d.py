@@ -3,36 +3,62 @@ circuit's edges drawn as a few line traces (bucketed by sign and importance), ne
 
 Level of detail: at most ``max_edges`` edges (the most important) are shipped to the browser; the
 caller shows how many were hidden. Click payloads carry ``customdata``: a node's index (>= 0), or
-``-(edge + 1)`` for a point of an edge's line.
+``-(edge + 1)`` for an edge. Each edge is drawn as source, midpoint, target, gap: the two end vertices
+carry their node's index, so a click near a node picks the node even where an edge's line wins the
+pick, and only a click on the middle of an edge picks the edge.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from viscnn.app.figures import colors
 
 MAX_EDGES = 1500
 LAYER_GAP = 4.0
 N_BUCKETS = 4
-POS_COLOR = (214, 39, 40)
-NEG_COLOR = (31, 119, 180)
-WIDTHS = (1.0, 2.0, 3.5, 6.0)
-ALPHAS = (0.25, 0.45, 0.7, 0.95)
+PTS = 4  # points per drawn edge: source, midpoint, target, gap
+WIDTHS = (1.5, 2.5, 4.0, 6.5)
+ALPHAS = (0.35, 0.55, 0.8, 0.95)
+LABEL_FONT = 11
+PANEL_PX = 760  # the narrowest scene width the label rule plans for (the app's panel at 1400 px)
+ASPECT = {"x": 2.6, "y": 1.0, "z": 1.0}
+
+
+def layer_x(graph, layer_gap: float = LAYER_GAP) -> np.ndarray:
+    """float64 [L]: each layer's position along the depth axis. Layers at the same depth (a block's
+    conv and its 1x1 skip conv, Inception's parallel branches) sit side by side, half a gap apart in
+    graph order, never on top of each other; the next depth starts a full gap after the last of them."""
+    by_depth: Dict[int, List[int]] = {}
+    for i, layer in enumerate(graph.layers):
+        by_depth.setdefault(layer.depth, []).append(i)
+    x = np.zeros(len(graph.layers), np.float64)
+    cur = 0.0
+    for n, depth in enumerate(sorted(by_depth)):
+        if n:
+            cur += 1.0
+        for k, i in enumerate(by_depth[depth]):
+            if k:
+                cur += 0.5
+            x[i] = cur * layer_gap
+    return x
 
 
 def node_positions(graph, xy: np.ndarray, layer_gap: float = LAYER_GAP) -> np.ndarray:
-    """float32 [N, 3]: x = layer depth * gap; (y, z) = the layer's 2D layout, centred and scaled so
-    that a layer's radius grows with the square root of its width."""
+    """float32 [N, 3]: x = the layer's place along depth (:func:`layer_x`); (y, z) = the layer's 2D
+    layout, centred and scaled so that a layer's radius grows with the square root of its width."""
     xy = np.asarray(xy, np.float64)
     pos = np.zeros((graph.num_nodes, 3), np.float64)
     widest = max(l.channels for l in graph.layers)
-    for layer in graph.layers:
+    lx = layer_x(graph, layer_gap)
+    for li, layer in enumerate(graph.layers):
         sl = slice(layer.node_offset, layer.node_offset + layer.channels)
         p = xy[sl] - xy[sl].mean(0)
         scale = float(np.abs(p).max()) if layer.channels > 1 else 1.0
         p = p / (scale or 1.0) * (0.6 + 2.4 * np.sqrt(layer.channels / widest))
-        pos[sl, 0] = layer.depth * layer_gap
+        pos[sl, 0] = lx[li]
         pos[sl, 1:] = p
     return pos.astype(np.float32)
 
@@ -57,40 +83,62 @@ def _links_of(graph, edges: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return links[idx, 0].astype(np.int64), links[idx, 1].astype(np.int64)
 
 
-def _rgba(rgb, a) -> str:
-    return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{a})"
+def edge_color(negative: bool, bucket: int) -> str:
+    """The line colour of an importance bucket: the diverging map's end colour, more opaque when larger."""
+    h = colors.NEG if negative else colors.POS
+    return f"rgba({int(h[1:3], 16)},{int(h[3:5], 16)},{int(h[5:7], 16)},{ALPHAS[bucket]})"
+
+
+def edge_buckets(scores: np.ndarray) -> np.ndarray:
+    """Importance bucket 0..N_BUCKETS-1 of each |score|, relative to the largest (sqrt scale)."""
+    mag = np.abs(np.asarray(scores, np.float64))
+    top = float(mag.max()) if mag.size else 1.0
+    return np.minimum((np.sqrt(mag / (top or 1.0)) * N_BUCKETS).astype(np.int64), N_BUCKETS - 1)
 
 
 def edge_traces(graph, pos: np.ndarray, drawn: np.ndarray, scores: np.ndarray,
-                signs: Optional[np.ndarray] = None) -> List[dict]:
-    """Scatter3d line traces for ``drawn`` edges: one per (sign, importance bucket) that is used."""
+                signs: Optional[np.ndarray] = None, labels: Optional[Sequence[str]] = None) -> List[dict]:
+    """Scatter3d line traces for ``drawn`` edges: one per (sign, importance bucket) that is used.
+    Colour = sign (of ``signs`` when given, else of the scores); width and opacity = |score| bucket."""
     if len(drawn) == 0:
         return []
     e, src = _links_of(graph, np.asarray(drawn, np.int64))
     tgt = graph.edge_target[e].astype(np.int64)
     s = np.asarray(scores, np.float64)[e]
     sg = np.sign(np.asarray(signs, np.float64)[e]) if signs is not None else np.sign(s)
-    mag = np.abs(s)
-    top = float(mag.max()) or 1.0
-    bucket = np.minimum((np.sqrt(mag / top) * N_BUCKETS).astype(np.int64), N_BUCKETS - 1)
+    bucket = edge_buckets(s)
+    uniq = np.unique(e)
+    rank = {int(v): r + 1 for r, v in enumerate(uniq[np.argsort(-np.abs(np.asarray(scores)[uniq]), kind="stable")])}
+    text = labels if labels is not None else [graph.node_id(i) for i in range(graph.num_nodes)]
     traces = []
     for neg in (False, True):
         for b in range(N_BUCKETS):
             m = (bucket == b) & ((sg < 0) if neg else (sg >= 0))
             if not m.any():
                 continue
-            a, c = src[m], tgt[m]
+            a, c, em = src[m], tgt[m], e[m]
             k = len(a)
-            xyz = np.full((k * 3, 3), np.nan, np.float32)
-            xyz[0::3] = pos[a]
-            xyz[1::3] = pos[c]
-            cd = np.repeat(-(e[m] + 1), 3)
+            xyz = np.full((k * PTS, 3), np.nan, np.float32)
+            xyz[0::PTS] = pos[a]
+            xyz[1::PTS] = (pos[a] + pos[c]) / 2
+            xyz[2::PTS] = pos[c]
+            cd = np.empty(k * PTS, object)
+            cd[0::PTS], cd[1::PTS], cd[2::PTS], cd[3::PTS] = a, -(em + 1), c, None
+            tx = [""] * (k * PTS)
+            sm = s[m]
+            for j in range(k):
+                ej, lj = int(em[j]), graph.layers[int(graph.edges[em[j], 0])]
+                tx[j * PTS] = text[a[j]]
+                tx[j * PTS + 2] = text[c[j]]
+                tx[j * PTS + 1] = (f"edge e{ej}: {text[a[j]]} → {text[c[j]]}<br>kernel {lj.name}"
+                                   f"[{int(graph.edges[ej, 1])}, {int(graph.edges[ej, 2])}]<br>score {sm[j]:.4g}"
+                                   f" · rank {rank[ej]} of {len(uniq)} drawn")
             traces.append({
                 "type": "scatter3d", "mode": "lines", "name": f"{'-' if neg else '+'} edges q{b + 1}",
-                "x": _r(xyz[:, 0]), "y": _r(xyz[:, 1]), "z": _r(xyz[:, 2]), "customdata": cd.tolist(),
-                "line": {"color": _rgba(NEG_COLOR if neg else POS_COLOR, ALPHAS[b]), "width": WIDTHS[b]},
-                "hovertemplate": "edge %{customdata}<extra></extra>", "showlegend": False,
-                "connectgaps": False,
+                "x": _r(xyz[:, 0]), "y": _r(xyz[:, 1]), "z": _r(xyz[:, 2]),
+                "customdata": [None if v is None else int(v) for v in cd], "text": tx,
+                "line": {"color": edge_color(neg, b), "width": WIDTHS[b]},
+                "hovertemplate": "%{text}<extra></extra>", "showlegend": False, "connectgaps": False,
             })
     return traces
 
@@ -105,53 +153,153 @@ def _r(a: np.ndarray) -> list:
 
 
 def node_trace(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_scores: np.ndarray,
-               labels: Optional[Sequence[str]] = None, selected: Optional[int] = None) -> dict:
-    """All nodes as one marker trace; circuit nodes are larger and coloured by score."""
+               labels: Optional[Sequence[str]] = None, selected: Optional[int] = None,
+               node_signs: Optional[np.ndarray] = None) -> dict:
+    """All nodes as one marker trace. Circuit nodes: size = |score| (sqrt scale), colour = the signed
+    score on the diverging map; other nodes small and grey. Hover: id, layer, score, rank."""
     n = graph.num_nodes
-    ns = np.abs(np.asarray(node_scores, np.float64))
+    raw = np.asarray(node_scores, np.float64)
+    ns = np.abs(raw)
+    sg = np.sign(np.asarray(node_signs, np.float64)) if node_signs is not None else np.sign(raw)
     inc = np.zeros(n, bool)
-    inc[np.asarray(circuit_nodes, np.int64)] = True
+    cn = np.asarray(circuit_nodes, np.int64)
+    inc[cn] = True
     top = float(ns[inc].max()) if inc.any() else 1.0
-    size = np.where(inc, 4 + 8 * np.sqrt(ns / (top or 1.0)), 3.0)
-    color = np.where(inc, np.round(np.sqrt(ns / (top or 1.0)), 3), -1.0)
+    rel = np.sqrt(ns / (top or 1.0))
+    size = np.where(inc, 5 + 9 * rel, 3.0)
+    color = np.where(inc, np.round(np.where(sg < 0, -rel, rel), 3), 0.0)
     if selected is not None and 0 <= selected < n:
-        size[selected] = 16
+        size[selected] = 18
     text = labels if labels is not None else [graph.node_id(i) for i in range(n)]
+    order = cn[np.argsort(-ns[cn], kind="stable")]
+    rank = np.zeros(n, np.int64)
+    rank[order] = np.arange(1, len(order) + 1)
+    hover = []
+    for i in range(n):
+        lay = graph.layers[int(graph.node_layer[i])]
+        where = f"rank {rank[i]} of {len(cn)} circuit nodes" if inc[i] else "not in the circuit"
+        hover.append(f"{text[i]}<br>layer {lay.name} ({lay.kind}), channel {int(graph.node_channel[i])}"
+                     f"<br>score {raw[i]:.4g} · {where}")
+    line_w = [0.0] * n
+    if selected is not None and 0 <= selected < n:
+        line_w[selected] = 3.0
     return {
         "type": "scatter3d", "mode": "markers", "name": "nodes", "x": _r(pos[:, 0]), "y": _r(pos[:, 1]),
-        "z": _r(pos[:, 2]), "customdata": list(range(n)), "text": list(text),
-        "marker": {"size": np.round(size, 1).tolist(), "color": color.tolist(), "cmin": -1, "cmax": 1,
-                   "colorscale": [[0, "#d0d0d0"], [0.499, "#d0d0d0"], [0.5, "#fde0c5"], [1, "#b2182b"]],
-                   "line": {"width": 0}, "opacity": 0.95},
+        "z": _r(pos[:, 2]), "customdata": list(range(n)), "text": hover,
+        "marker": {"size": np.round(size, 1).tolist(),
+                   "color": [c if inc[i] else colors.INACTIVE for i, c in enumerate(color.tolist())],
+                   "cmin": -1, "cmax": 1, "colorscale": colors.diverging_colorscale(),
+                   "line": {"width": line_w, "color": "#ff7f0e"}, "opacity": 0.95},
         "hovertemplate": "%{text}<extra></extra>", "showlegend": False,
     }
 
 
-def layer_labels(graph, pos: np.ndarray) -> List[dict]:
+def _label_gap_px(graph, pos: np.ndarray, panel_px: int) -> float:
+    """The smallest distance in pixels between two layers along the depth axis at the default camera."""
+    xs = np.unique(np.round(pos[[l.node_offset for l in graph.layers], 0], 6))
+    if len(xs) < 2:
+        return float(panel_px)
+    span = float(xs.max() - xs.min()) or 1.0
+    return float(np.diff(xs).min()) * panel_px * 0.8 / span
+
+
+def label_style(graph, pos: np.ndarray, panel_px: int = PANEL_PX) -> Tuple[int, int]:
+    """(angle, font size) of the layer names: horizontal when every name fits between its neighbours,
+    else vertical (needing a line height of room), with a smaller font where even that is tight."""
+    gap = _label_gap_px(graph, pos, panel_px)
+    widest = max(len(l.name) for l in graph.layers) * LABEL_FONT * 0.62
+    if widest < gap:
+        return 0, LABEL_FONT
+    return -90, int(min(LABEL_FONT, max(7, gap / 1.2)))
+
+
+def label_angle(graph, pos: np.ndarray, panel_px: int = PANEL_PX) -> int:
+    return label_style(graph, pos, panel_px)[0]
+
+
+def layer_labels(graph, pos: np.ndarray, panel_px: int = PANEL_PX) -> List[dict]:
     """Layer names above each layer as scene annotations: drawn as page text that follows the camera.
-    (A scatter3d text trace looks the same but triangulates every glyph on the CPU: ~0.3 s of first paint.)"""
-    top = float(pos[:, 2].max()) + 1.0 if len(pos) else 1.0
-    return [{"x": float(pos[layer.node_offset, 0]), "y": 0.0, "z": top, "text": layer.name, "showarrow": False,
-             "font": {"size": 11, "color": "#555"}} for layer in graph.layers]
+    (A scatter3d text trace looks the same but triangulates every glyph on the CPU: ~0.3 s of first paint.)
+    Deep models get vertical names so that neighbours never overlap."""
+    top = float(pos[:, 2].max()) + 0.6 if len(pos) else 1.0
+    ang, font = label_style(graph, pos, panel_px)
+    out = []
+    for layer in graph.layers:
+        a = {"x": float(pos[layer.node_offset, 0]), "y": 0.0, "z": top, "text": layer.name, "showarrow": False,
+             "font": {"size": font, "color": "#444"}, "textangle": ang, "yanchor": "bottom", "xanchor": "center"}
+        out.append(a)
+    return out
+
+
+def class_labels(graph, pos: np.ndarray, classes: Sequence[str], max_classes: int = 30) -> List[dict]:
+    """Class names beside the class layer's nodes (up to ``max_classes``; more are on hover only)."""
+    last = graph.layers[-1]
+    if last.kind != "linear" or len(classes) != last.channels or last.channels > max_classes:
+        return []
+    return [{"x": float(pos[last.node_offset + c, 0]), "y": float(pos[last.node_offset + c, 1]),
+             "z": float(pos[last.node_offset + c, 2]), "text": name, "showarrow": False, "xanchor": "left",
+             "xshift": 8, "font": {"size": 10, "color": "#333"}} for c, name in enumerate(classes)]
+
+
+def scene_ranges(pos: np.ndarray, pad: float = 0.08) -> Dict[str, list]:
+    """Fixed axis ranges with a margin, so the default camera frames every node and label."""
+    out = {}
+    for i, ax in enumerate("xyz"):
+        lo, hi = float(pos[:, i].min()), float(pos[:, i].max())
+        w = (hi - lo) or 1.0
+        out[ax] = [round(lo - pad * w, 3), round(hi + pad * w + (0.25 * w if ax == "z" else 0), 3)]
+    return out
+
+
+def camera_center(pos: np.ndarray, node: int) -> Dict[str, float]:
+    """The camera centre (Plotly's normalised scene coordinates) that puts ``node`` in the middle."""
+    rng = scene_ranges(pos)
+    c = {}
+    for i, ax in enumerate("xyz"):
+        lo, hi = rng[ax]
+        c[ax] = round(((float(pos[node, i]) - lo) / ((hi - lo) or 1.0) - 0.5) * ASPECT[ax], 4)
+    return c
+
+
+DEFAULT_EYE = {"x": 0.0, "y": -1.75, "z": 0.75}
 
 
 def graph_figure(graph, pos: np.ndarray, circuit_nodes: Sequence[int], drawn_edges: np.ndarray,
                  node_scores: np.ndarray, edge_scores: np.ndarray, signs: Optional[np.ndarray] = None,
                  labels: Optional[Sequence[str]] = None, selected: Optional[int] = None,
-                 uirevision: str = "graph") -> dict:
-    """The whole 3D figure as a plain Plotly dict (no validation pass: it is rebuilt on every change)."""
-    data = edge_traces(graph, pos, drawn_edges, edge_scores, signs)
-    data.append(node_trace(graph, pos, circuit_nodes, node_scores, labels, selected))
-    axis = {"visible": False, "showspikes": False}
+                 uirevision: str = "graph", classes: Sequence[str] = (), node_signs: Optional[np.ndarray] = None,
+                 center_on: Optional[int] = None) -> dict:
+    """The whole 3D figure as a plain Plotly dict (no validation pass: it is rebuilt on every change).
+    ``center_on`` (a node) moves the camera to it and starts a new view revision (search)."""
+    data = edge_traces(graph, pos, drawn_edges, edge_scores, signs, labels)
+    data.append(node_trace(graph, pos, circuit_nodes, node_scores, labels, selected, node_signs))
+    rng = scene_ranges(pos)
+    camera = {"eye": dict(DEFAULT_EYE), "center": {"x": 0, "y": 0, "z": 0}, "up": {"x": 0, "y": 0, "z": 1}}
+    if center_on is not None and 0 <= center_on < graph.num_nodes:
+        c = camera_center(pos, center_on)
+        camera = {"center": c, "eye": {k: c[k] + v * 0.45 for k, v in DEFAULT_EYE.items()},
+                  "up": {"x": 0, "y": 0, "z": 1}}
+        uirevision = f"{uirevision}:center{center_on}"
+
+    def axis(ax):
+        return {"visible": False, "showspikes": False, "range": rng[ax], "autorange": False}
+
     return {"data": data, "layout": {
         "margin": {"l": 0, "r": 0, "t": 0, "b": 0}, "uirevision": uirevision, "showlegend": False,
-        "scene": {"xaxis": axis, "yaxis": axis, "zaxis": axis, "aspectmode": "manual",
-                  "aspectratio": {"x": 2.2, "y": 1.0, "z": 1.0}, "annotations": layer_labels(graph, pos),
-                  "camera": {"eye": {"x": 0.0, "y": -2.6, "z": 0.9}}},
+        "scene": {"xaxis": axis("x"), "yaxis": axis("y"), "zaxis": axis("z"), "aspectmode": "manual",
+                  "aspectratio": dict(ASPECT),
+                  "annotations": layer_labels(graph, pos) + class_labels(graph, pos, classes),
+                  "camera": camera, "dragmode": "orbit"},
         "paper_bgcolor": "white", "hovermode": "closest",
+        "hoverlabel": {"bgcolor": "white", "font": {"size": 12}},
     }}
 
 
 def count_drawn(fig: dict) -> int:
-    """Edges drawn in a figure from :func:`graph_figure` (each edge is 3 points: source, target, gap)."""
-    return sum(len(t["x"]) // 3 for t in fig["data"] if t.get("mode") == "lines")
+    """Edges drawn in a figure from :func:`graph_figure` (each edge is PTS points)."""
+    return sum(len(t["x"]) // PTS for t in fig["data"] if t.get("mode") == "lines")
+
+
+def drawn_edges_of(fig: dict) -> List[int]:
+    """The global indices of the edges drawn in a figure (from the midpoints' customdata)."""
+    return sorted({-v - 1 for t in fig["data"] if t.get("mode") == "lines" for v in t["customdata"][1::PTS]})

@@ -23,35 +23,37 @@ def data_uri(png: bytes) -> str:
 
 
 def kernel_rgb(kernel: np.ndarray, scale: Optional[float] = None, upscale: int = 1) -> np.ndarray:
-    """A 2D kernel as a diverging picture: white is 0, red positive, blue negative (uint8 [h, w, 3])."""
+    """A 2D kernel as a picture on the app's diverging map (red positive, blue negative, near-white 0),
+    symmetric about zero (uint8 [h, w, 3])."""
+    from viscnn.app.figures.colors import diverging_rgb, symmetric_limit
+
     k = np.asarray(kernel, np.float64)
     if k.ndim != 2:
         k = k.reshape(k.shape[-2], k.shape[-1]) if k.ndim > 2 and np.prod(k.shape[:-2]) == 1 else np.atleast_2d(k.reshape(-1))
-    m = scale if scale else float(np.abs(k).max()) or 1.0
-    t = np.clip(k / m, -1, 1)[..., None]
-    white = np.array([255.0, 255.0, 255.0])
-    red = np.array([178.0, 24.0, 43.0])
-    blue = np.array([33.0, 102.0, 172.0])
-    rgb = np.where(t >= 0, white + (red - white) * t, white + (blue - white) * (-t))
-    out = np.round(rgb).astype(np.uint8)
+    m = scale if scale else symmetric_limit(k)
+    out = diverging_rgb(k / m)
     if upscale > 1:
         out = out.repeat(upscale, 0).repeat(upscale, 1)
     return out
 
 
-def heatmap(m: np.ndarray, title: str = "", diverging: bool = True, height: int = 220) -> dict:
-    """An activation map or kernel as a heatmap with square pixels, row 0 at the top."""
+def heatmap(m: np.ndarray, title: str = "", diverging: bool = True, height: int = 220,
+            colorbar_title: str = "") -> dict:
+    """An activation map or kernel as a heatmap with square pixels, row 0 at the top, and its colour bar:
+    signed values on the diverging map with symmetric limits, magnitudes on the sequential map."""
+    from viscnn.app.figures.colors import SEQUENTIAL, diverging_colorscale, symmetric_limit
+
     m = np.asarray(m, np.float64)
     if m.ndim != 2:
         m = m.reshape(1, -1)
-    vmax = float(np.abs(m).max()) or 1.0
     tr = {"type": "heatmap", "z": np.round(m, 4).tolist(), "showscale": True,
-          "colorbar": {"thickness": 8, "len": 0.9},
-          "hovertemplate": "y=%{y} x=%{x}: %{z:.3g}<extra></extra>"}
+          "colorbar": {"thickness": 10, "len": 0.9, "title": {"text": colorbar_title, "side": "right"}},
+          "hovertemplate": "y=%{y} x=%{x}: %{z:.4g}<extra></extra>"}
     if diverging:
-        tr.update({"colorscale": "RdBu", "reversescale": True, "zmin": -vmax, "zmax": vmax})
+        vmax = symmetric_limit(m)
+        tr.update({"colorscale": diverging_colorscale(), "zmin": -vmax, "zmax": vmax, "zmid": 0})
     else:
-        tr.update({"colorscale": "Viridis"})
+        tr.update({"colorscale": SEQUENTIAL, "zmin": 0, "zmax": float(m.max()) or 1.0})
     return {"data": [tr], "layout": {
         "title": {"text": title, "font": {"size": 12}}, "height": height,
         "margin": {"l": 24, "r": 8, "t": 28 if title else 4, "b": 20},

@@ -1,0 +1,16 @@
+"""The Circuit view: the 3D kernel graph and its circuit for a target, the 2D circuit, tables,
+click-through panels, ablation and snapshots."""
+
+from __future__ import annotations
+
+from viscnn.app.views.circuit.layout import layout  # noqa: F401
+
+VIEW = "circuit"
+
+
+def register(app, actx, manager) -> None:
+    from viscnn.app import callbacks_graph, callbacks_panels, callbacks_snapshot
+
+    callbacks_graph.register(app, actx, manager)
+    callbacks_panels.register(app, actx)
+    callbacks_snapshot.register(app, actx)

@@ -1,0 +1,107 @@
+"""The Circuit view's page: its controls, the 3D graph with its legend and exports, the 2D circuit, the
+circuit's top nodes and edges as a table, and the click-through panel."""
+
+from __future__ import annotations
+
+from dash import dash_table, dcc, html
+
+from viscnn.app.figures.cytoscape import MAX_EDGES_2D, STYLESHEET
+from viscnn.app.state import MODES
+from viscnn.app.shell.layout import control, export_buttons, graph_config
+
+TIPS = {
+    "target": "What the circuit explains. 'loss' (empty = loss): the training loss. 'class:Sneaker' or 'class:7': "
+              "that class's raw logit. 'unit:LAYER:CH': a channel's mean activation. Combine with + - and "
+              "coefficients: 'class:Sneaker - 0.5*class:Sandal'. Applies on Enter or when the field loses focus.",
+    "imageset": "Which images the scores are averaged over: a class name, 'all', 'image' (the current input "
+                "image) or a combination such as 'Sneaker - all' (red then means more important for Sneaker "
+                "than for all images).",
+    "metric": "How a node's or kernel's importance is scored: taylor = |activation x gradient| (first-order "
+              "Taylor estimate of the loss change when it is removed), taylor_signed keeps the sign, gradient, "
+              "weight = kernel norm.",
+    "mode": "How the circuit is cut from the scores: mass = the smallest set of edges holding this fraction of "
+            "each layer's total |score|; topk = the k highest-scoring edges; score = every edge scoring at least "
+            "this value. Only edges on a path from the input to the target are kept.",
+    "value": "The threshold for the chosen mode (mass in (0, 1], topk a whole number, score any number). "
+             "Applies on Enter or when the field loses focus.",
+    "layout": "How a layer's nodes are placed: mds = class-importance MDS (nodes important for the same classes "
+              "sit together), pca = its principal components, grid = channel order.",
+    "search": "Find a node by id (conv2:5), by channel of the class layer, or by class name (Sneaker): "
+              "selects it and centres the camera on it.",
+}
+
+
+def layout(models) -> html.Div:
+    import dash_cytoscape as cyto
+
+    controls = html.Div([
+        control("Target", dcc.Input(id="target", type="text", debounce=True,
+                                    placeholder="loss, class:Sneaker, unit:LAYER:CH"), TIPS["target"], "230px",
+                msg_id="target-msg"),
+        control("Image set", dcc.Input(id="imageset", type="text", debounce=True,
+                                       placeholder="all, Sneaker - all, image"), TIPS["imageset"], "190px",
+                msg_id="imageset-msg"),
+        control("Metric", dcc.Dropdown(id="metric", clearable=False), TIPS["metric"], "150px"),
+        control("Threshold", dcc.RadioItems(id="mode", options=[{"label": m, "value": m} for m in MODES],
+                                            inline=True), TIPS["mode"]),
+        # type=text: dcc.Input type=number drops an Enter whose value equals one it sent before a callback
+        # rewrote the field (Dash 4), so the value is parsed on the server instead.
+        control("Value", dcc.Input(id="value", type="text", inputMode="decimal", debounce=True), TIPS["value"],
+                "90px", msg_id="value-msg"),
+        control("Layout", dcc.Dropdown(id="layout", clearable=False), TIPS["layout"], "110px"),
+        control("Find node", dcc.Input(id="search", type="text", debounce=True, placeholder="conv2:5 or Sneaker"),
+                TIPS["search"], "170px", msg_id="search-msg"),
+    ], className="controls")
+
+    graph_col = html.Div([
+        html.Div(id="edge-info", className="info"),
+        html.Div(id="legend", className="legend"),
+        html.Div(dcc.Graph(id="graph3d", style={"height": "60vh", "minHeight": "420px"}, config=graph_config("graph3d")),
+                 id="graph-wrap"),
+        html.Div([html.Span(id="run-status"), html.Span(id="run-progress")], className="info"),
+        html.Div([html.Span("Export:", className="muted"),
+                  *export_buttons("graph3d", "3D graph"),
+                  html.Button("CSV (nodes + edges)", id="export-csv", title="The circuit's nodes and edges with their scores and ranks"),
+                  html.Button("Snapshot (JSON + HTML)", id="export",
+                              title="A JSON that reopens this view and a standalone HTML of the 3D circuit (offline)"),
+                  dcc.Upload(html.Button("Open snapshot", title="Reopen a snapshot JSON exported earlier"),
+                             id="snap-upload", max_size=-1)],
+                 className="row exports"),
+        html.Div([html.H4("Circuit (2D)"), html.Span(id="cyto-count", className="info"),
+                  html.Label("edges shown", className="muted", htmlFor="cyto-cap",
+                             title="How many of the circuit's most important edges the 2D diagram draws (at most 400)"),
+                  dcc.Input(id="cyto-cap", type="number", min=1, max=400, step=1, value=MAX_EDGES_2D,
+                            debounce=True, style={"width": "64px"}),
+                  *export_buttons("cyto", "2D circuit")], className="row"),
+        cyto.Cytoscape(id="cyto", elements=[], layout={"name": "preset", "fit": True, "padding": 12},
+                       stylesheet=STYLESHEET, style={"width": "100%", "height": "440px"},
+                       className="cyto-box", minZoom=0.3, maxZoom=3, wheelSensitivity=0.2),
+        html.H4("Top of the circuit"),
+        html.Div(className="row", children=[
+            dash_table.DataTable(id="top-nodes", page_size=10, sort_action="native", style_table={"width": "100%"},
+                                 style_cell={"fontSize": 12, "padding": "2px 6px", "textAlign": "left"},
+                                 columns=[{"name": c, "id": c} for c in ("rank", "node", "layer", "score")]),
+            dash_table.DataTable(id="top-edges", page_size=10, sort_action="native", style_table={"width": "100%"},
+                                 style_cell={"fontSize": 12, "padding": "2px 6px", "textAlign": "left"},
+                                 columns=[{"name": c, "id": c} for c in ("rank", "edge", "from", "to", "score")]),
+        ], id="tables"),
+    ], className="left")
+
+    panel_col = html.Div([
+        html.Div([dcc.Checklist(id="relu", options=[{"label": " ReLU on maps", "value": "relu"}], inline=True),
+                  html.Button("Ablate selection", id="ablate-add", title="Zero the selected node (its whole channel) or edge (one kernel) and rerun the model on the input image"),
+                  html.Button("Clear ablations", id="ablate-clear")], className="row"),
+        html.Div(id="ablate-info", className="info"),
+        html.Div(id="panel", className="panel"),
+    ], className="right")
+
+    return html.Div([
+        controls,
+        html.Div(id="msg", className="error"),
+        html.Div(id="snap-msg", className="error"),
+        html.Div([graph_col, panel_col], className="main"),
+        dcc.Store(id="run-request"), dcc.Store(id="scores-ready"), dcc.Store(id="cyto-data"),
+        dcc.Store(id="center-on"),
+        dcc.Download(id="download-json"), dcc.Download(id="download-html"),
+        dcc.Download(id="download-nodes-csv"), dcc.Download(id="download-edges-csv"),
+    ])
