@@ -21,10 +21,11 @@ LAYER_GAP = 4.0
 N_BUCKETS = 4
 PTS = 4  # points per drawn edge: source, midpoint, target, gap
 WIDTHS = (1.5, 2.5, 4.0, 6.5)
-ALPHAS = (0.35, 0.55, 0.8, 0.95)
+ALPHAS = (0.5, 0.65, 0.85, 0.95)
 LABEL_FONT = 11
+SELECTED = "#ff7f0e"
 PANEL_PX = 760  # the narrowest scene width the label rule plans for (the app's panel at 1400 px)
-ASPECT = {"x": 2.6, "y": 1.0, "z": 1.0}
+ASPECT = {"x": 2.0, "y": 0.9, "z": 1.35}
 
 
 def layer_x(graph, layer_gap: float = LAYER_GAP) -> np.ndarray:
@@ -180,16 +181,13 @@ def node_trace(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_scores
         where = f"rank {rank[i]} of {len(cn)} circuit nodes" if inc[i] else "not in the circuit"
         hover.append(f"{text[i]}<br>layer {lay.name} ({lay.kind}), channel {int(graph.node_channel[i])}"
                      f"<br>score {raw[i]:.4g} · {where}")
-    line_w = [0.0] * n
-    if selected is not None and 0 <= selected < n:
-        line_w[selected] = 3.0
     return {
         "type": "scatter3d", "mode": "markers", "name": "nodes", "x": _r(pos[:, 0]), "y": _r(pos[:, 1]),
         "z": _r(pos[:, 2]), "customdata": list(range(n)), "text": hover,
         "marker": {"size": np.round(size, 1).tolist(),
-                   "color": [c if inc[i] else colors.INACTIVE for i, c in enumerate(color.tolist())],
-                   "cmin": -1, "cmax": 1, "colorscale": colors.diverging_colorscale(),
-                   "line": {"width": line_w, "color": "#ff7f0e"}, "opacity": 0.95},
+                   "color": [colors.diverging_css(max(abs(c), 0.25) * (1 if c >= 0 else -1)) if inc[i] else colors.INACTIVE
+                             for i, c in enumerate(color.tolist())],
+                   "line": {"width": 0}, "opacity": 0.95},
         "hovertemplate": "%{text}<extra></extra>", "showlegend": False,
     }
 
@@ -232,13 +230,24 @@ def layer_labels(graph, pos: np.ndarray, panel_px: int = PANEL_PX) -> List[dict]
 
 
 def class_labels(graph, pos: np.ndarray, classes: Sequence[str], max_classes: int = 30) -> List[dict]:
-    """Class names beside the class layer's nodes (up to ``max_classes``; more are on hover only)."""
+    """Class names beside the class layer's nodes (up to ``max_classes``; more are on hover only),
+    pushed apart vertically so that names of nearby classes do not overlap at the default camera."""
     last = graph.layers[-1]
     if last.kind != "linear" or len(classes) != last.channels or last.channels > max_classes:
         return []
-    return [{"x": float(pos[last.node_offset + c, 0]), "y": float(pos[last.node_offset + c, 1]),
-             "z": float(pos[last.node_offset + c, 2]), "text": name, "showarrow": False, "xanchor": "left",
-             "xshift": 8, "font": {"size": 10, "color": "#333"}} for c, name in enumerate(classes)]
+    p = pos[last.node_offset:last.node_offset + last.channels].astype(np.float64)
+    zr = float(pos[:, 2].max() - pos[:, 2].min()) or 1.0
+    gap = zr * 0.07
+    order = np.argsort(p[:, 2], kind="stable")
+    z = p[order, 2].copy()
+    for i in range(1, len(z)):
+        z[i] = max(z[i], z[i - 1] + gap)
+    z -= (z.mean() - p[order, 2].mean())  # keep the group centred where the nodes are
+    zs = np.empty_like(z)
+    zs[order] = z
+    return [{"x": float(p[c, 0]), "y": float(p[c, 1]), "z": round(float(zs[c]), 3), "text": name,
+             "showarrow": False, "xanchor": "left", "xshift": 10, "font": {"size": 10, "color": "#333"}}
+            for c, name in enumerate(classes)]
 
 
 def scene_ranges(pos: np.ndarray, pad: float = 0.08) -> Dict[str, list]:
@@ -261,7 +270,7 @@ def camera_center(pos: np.ndarray, node: int) -> Dict[str, float]:
     return c
 
 
-DEFAULT_EYE = {"x": 0.0, "y": -1.75, "z": 0.75}
+DEFAULT_EYE = {"x": 0.0, "y": -1.9, "z": 0.8}
 
 
 def graph_figure(graph, pos: np.ndarray, circuit_nodes: Sequence[int], drawn_edges: np.ndarray,
@@ -273,6 +282,12 @@ def graph_figure(graph, pos: np.ndarray, circuit_nodes: Sequence[int], drawn_edg
     ``center_on`` (a node) moves the camera to it and starts a new view revision (search)."""
     data = edge_traces(graph, pos, drawn_edges, edge_scores, signs, labels)
     data.append(node_trace(graph, pos, circuit_nodes, node_scores, labels, selected, node_signs))
+    if selected is not None and 0 <= selected < graph.num_nodes:  # an orange ring around the selection
+        data.append({"type": "scatter3d", "mode": "markers", "name": "selected", "x": [float(pos[selected, 0])],
+                     "y": [float(pos[selected, 1])], "z": [float(pos[selected, 2])], "customdata": [int(selected)],
+                     "marker": {"size": 22, "color": "rgba(0,0,0,0)", "symbol": "circle-open",
+                                "line": {"color": SELECTED, "width": 3}},
+                     "hoverinfo": "skip", "showlegend": False})
     rng = scene_ranges(pos)
     camera = {"eye": dict(DEFAULT_EYE), "center": {"x": 0, "y": 0, "z": 0}, "up": {"x": 0, "y": 0, "z": 1}}
     if center_on is not None and 0 <= center_on < graph.num_nodes:
