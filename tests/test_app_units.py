@@ -229,7 +229,8 @@ def test_graph_figure_counts(graph):
     assert graph3d.count_drawn(fig) == 3 and graph3d.drawn_edges_of(fig) == [1, 4, 9]
     nodes = next(t for t in fig["data"] if t["name"] == "nodes")
     assert nodes["customdata"] == list(range(graph.num_nodes)) and nodes["marker"]["size"][3] == 18
-    assert nodes["marker"]["color"][1] == colors.INACTIVE and isinstance(nodes["marker"]["color"][0], float)
+    assert next(t for t in fig["data"] if t["name"] == "selected")["customdata"] == [3]
+    assert nodes["marker"]["color"][1] == colors.INACTIVE and nodes["marker"]["color"][0].startswith("rgb(")
     # hover: id, layer, score and rank among the circuit's nodes
     best = max([0, 3, 5], key=lambda n: ns[n])
     assert "rank 1 of 3 circuit nodes" in nodes["text"][best] and graph.node_id(best) in nodes["text"][best]
