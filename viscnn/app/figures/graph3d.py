@@ -270,7 +270,7 @@ def camera_center(pos: np.ndarray, node: int) -> Dict[str, float]:
     return c
 
 
-DEFAULT_EYE = {"x": 0.0, "y": -1.9, "z": 0.8}
+DEFAULT_EYE = {"x": 0.0, "y": -2.25, "z": 0.95}
 
 
 def graph_figure(graph, pos: np.ndarray, circuit_nodes: Sequence[int], drawn_edges: np.ndarray,
