@@ -50,7 +50,7 @@ def _post(client, app, needle, inputs, changed, state=()):
 
 def threshold_bench(models_dir, name: str, values, mode: str = "mass") -> dict:
     from viscnn.app import state as st
-    from viscnn.app.callbacks_state import CONTROLS
+    from viscnn.app.callbacks_state import CONTROLS, _to_controls
     from viscnn.app.server import create_app
 
     app = create_app(models_dir, name)
@@ -60,16 +60,16 @@ def threshold_bench(models_dir, name: str, values, mode: str = "mass") -> dict:
 
     def one(value, warm=False):
         s = dict(s0, value=value)
-        ctl = [{"id": c, "property": p, "value": v} for (c, p), v in
-               zip(CONTROLS, [s["model"], s["target"], s["set"], s["metric"], s["mode"], s["value"], s["layout"],
-                              ["relu"], s["image"], s["sel"], s["ablate"]])]
+        ctl = [{"id": c, "property": p, "value": v} for (c, p), v in zip(CONTROLS, _to_controls(s))]
         t_sync, b_sync = _post(client, app, "url.search", [{"id": "url", "property": "search", "value": st.encode(s0)}] + ctl,
                                ["value.value"], [{"id": "state", "property": "data", "value": s0}])
         t_fig, b_fig = _post(client, app, "graph3d.figure", [{"id": "state", "property": "data", "value": s},
                                                               {"id": "scores-ready", "property": "data", "value": None}],
-                             ["state.data"])
+                             ["state.data"], [{"id": "center-on", "property": "data", "value": None}])
         t_pan, b_pan = _post(client, app, "panel.children", [{"id": "state", "property": "data", "value": s}], ["state.data"])
-        t_gal, b_gal = _post(client, app, "gallery.children", [{"id": "state", "property": "data", "value": s}], ["state.data"])
+        t_gal, b_gal = _post(client, app, "gallery.children", [{"id": "state", "property": "data", "value": s},
+                                                               {"id": "upload-msg", "property": "children", "value": ""}],
+                             ["state.data"])
         c = app.viscnn.resolve(s).circuit
         return {"circuit_edges": len(c.edges), "fig_ms": t_fig * 1e3, "fig_bytes": b_fig, "all_ms": (t_sync + t_fig + t_pan + t_gal) * 1e3,
                 "all_bytes": b_sync + b_fig + b_pan + b_gal}
