@@ -47,3 +47,32 @@ def test_resnet18_layer_labels_never_overlap(r18_server):
     assert overlaps == []
     # every name is inside the graph's panel (the default camera frames the whole graph)
     assert all(gbox[0] <= bx[0] and bx[2] <= gbox[2] and gbox[1] <= bx[1] and bx[3] <= gbox[3] for bx in boxes)
+
+
+def test_standalone_html_frames_the_whole_graph(tmp_path):
+    """The exported standalone HTML shows every layer name and every node inside its graph panel."""
+    from app_fixture import default_model
+    from viscnn.app.callbacks_snapshot import export_files
+    from viscnn.app.context import AppContext
+
+    models_dir, name = default_model()
+    actx = AppContext(models_dir, name, tmp_path / "cache")
+    s = dict(actx.defaults(name), mode="mass", value=0.9)
+    _, html, base = export_files(actx, s)
+    assert base.startswith(f"viscnn-{name}-loss-all-") and base.endswith("-snapshot")
+    f = tmp_path / "snap.html"
+    f.write_text(html)
+    layers = [l.name for l in actx.prepped(name).graph.layers]
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        pg = b.new_page(viewport={"width": 1400, "height": 900})
+        pg.goto(f.as_uri())
+        pg.wait_for_function("document.querySelectorAll('#g .annotation-text').length > 0")
+        boxes = pg.evaluate(LABEL_BOXES.replace("#graph3d", "#g"))
+        gbox = pg.evaluate("() => { const r = document.querySelector('#g').getBoundingClientRect();"
+                           " return [r.left, r.top, r.right, r.bottom]; }")
+        b.close()
+    texts = [bx[4] for bx in boxes]
+    assert all(l in texts for l in layers)
+    assert all(gbox[0] <= bx[0] and bx[2] <= gbox[2] and gbox[1] <= bx[1] and bx[3] <= gbox[3] for bx in boxes)

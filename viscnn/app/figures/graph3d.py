@@ -256,7 +256,8 @@ def scene_ranges(pos: np.ndarray, pad: float = 0.08) -> Dict[str, list]:
     for i, ax in enumerate("xyz"):
         lo, hi = float(pos[:, i].min()), float(pos[:, i].max())
         w = (hi - lo) or 1.0
-        out[ax] = [round(lo - pad * w, 3), round(hi + pad * w + (0.25 * w if ax == "z" else 0), 3)]
+        px = pad * 1.5 if ax == "x" else pad  # room for the first and last layer's names
+        out[ax] = [round(lo - px * w, 3), round(hi + px * w + (0.25 * w if ax == "z" else 0), 3)]
     return out
 
 
@@ -270,7 +271,7 @@ def camera_center(pos: np.ndarray, node: int) -> Dict[str, float]:
     return c
 
 
-DEFAULT_EYE = {"x": 0.0, "y": -2.25, "z": 0.95}
+DEFAULT_EYE = {"x": 0.0, "y": -2.4, "z": 1.0}
 
 
 def graph_figure(graph, pos: np.ndarray, circuit_nodes: Sequence[int], drawn_edges: np.ndarray,
