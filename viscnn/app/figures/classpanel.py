@@ -199,7 +199,10 @@ def class_weights_figure(weights_per_channel, channel_labels: Sequence[str], tit
     return {"data": [tr], "layout": {
         "title": _title(title + note), "height": 240, "showlegend": False, "bargap": 0.1,
         "margin": {"l": 44, "r": 8, "t": 28, "b": 64},
-        "xaxis": {"tickmode": "array", "tickvals": list(range(len(order))), "ticktext": [labels[i] for i in order],
-                  "tickangle": -60, "tickfont": {"size": 9}},
+        # more than 16 channel names would only overprint each other: then the ids are on hover
+        "xaxis": ({"tickmode": "array", "tickvals": list(range(len(order))), "ticktext": [labels[i] for i in order],
+                   "tickangle": -60, "tickfont": {"size": 9}} if len(order) <= 16 else
+                  {"showticklabels": False, "title": {"text": f"{len(order)} input channels, largest first (hover for ids)",
+                                                      "font": {"size": 11}}}),
         "yaxis": {"title": {"text": "weight", "font": {"size": 11}}, "zeroline": True,
                   "range": [-1.05 * lim, 1.05 * lim]}}}
