@@ -169,15 +169,8 @@ def _content(d) -> bytes:
         return f.read()
 
 
-CYTO_SVG_BUG = pytest.mark.xfail(strict=True, reason=(
-    "app bug: the 2D circuit's SVG export needs cytoscape-svg, which dash_cytoscape ships only in its extra "
-    "bundle (loaded by dash_cytoscape.load_extra_layouts()); the app never loads it, so cy.svg is undefined "
-    "and assets/viscnn.js shows an alert instead of downloading"))
-
-
 @pytest.mark.parametrize("button,suffix", [("#export-graph3d-png", ".png"), ("#export-graph3d-svg", ".svg"),
-                                           ("#export-cyto-png", ".png"),
-                                           pytest.param("#export-cyto-svg", ".svg", marks=CYTO_SVG_BUG)])
+                                           ("#export-cyto-png", ".png"), ("#export-cyto-svg", ".svg")])
 def test_figure_exports(page, button, suffix):
     if "cyto" in button:
         page.wait_for_function(CY_READY)

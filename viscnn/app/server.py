@@ -40,6 +40,10 @@ def create_app(models_dir=None, model: str = "fmnist", snapshot: Optional[str] =
         start_search = S.snapshot_search(d)
         actx.default_model = d["model"]
 
+    import dash_cytoscape
+
+    # the extra bundle carries cytoscape-svg: the 2D circuit's SVG export
+    dash_cytoscape.load_extra_layouts()
     manager = DiskcacheManager(actx.cache)
     app = dash.Dash(__name__, title="viscnn", assets_folder=str(REPO_DIR / "assets"),
                     suppress_callback_exceptions=True, background_callback_manager=manager,
