@@ -175,10 +175,12 @@ def test_bad_upload_shows_error_and_app_still_answers(page):
     set_threshold(page, "mass", 0.9)
     page.fill("#imageset", "nonsense + ")
     page.press("#imageset", "Enter")
-    page.wait_for_function("(document.querySelector('#msg')?.innerText ?? '').length > 0")
+    # the error is shown once, at its field, and the stale graph is greyed out
+    page.wait_for_function("(document.querySelector('#imageset-msg')?.innerText ?? '').length > 0")
+    assert page.inner_text("#msg") == "" and "stale" in page.get_attribute("#graph-wrap", "class")
     page.fill("#imageset", "all")
     page.press("#imageset", "Enter")
-    page.wait_for_function("(document.querySelector('#msg')?.innerText ?? '').length === 0 && "
+    page.wait_for_function("(document.querySelector('#imageset-msg')?.innerText ?? '').length === 0 && "
                            "(document.querySelector('#circuit-of')?.textContent ?? '').includes('|all|')")
 
 
@@ -222,9 +224,13 @@ def test_unit_target_runs_in_background(page, server):
                            "(document.querySelector('#circuit-of')?.textContent ?? '') === "
                            "'class:0|all|' + new URLSearchParams(location.search).get('metric')", timeout=60000)
     assert page.inner_text("#msg") == ""
+    # the run's progress line is cleared once its result is drawn
+    page.wait_for_function("(document.querySelector('#run-progress')?.innerText ?? '') === ''")
     page.fill("#target", "class:nosuchclass")
     page.press("#target", "Enter")
-    page.wait_for_function("(document.querySelector('#msg')?.innerText ?? '').includes('class')")
+    page.wait_for_function("(document.querySelector('#target-msg')?.innerText ?? '').includes('class')")
+    # shown once: not also in the general line or the prediction
+    assert page.inner_text("#msg") == "" and "nosuchclass" not in page.inner_text("#prediction")
 
 
 def test_link_opens_drawn_without_a_graph_callback(browser, server):
