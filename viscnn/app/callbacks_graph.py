@@ -23,6 +23,7 @@ OUTPUTS = [("graph3d", "figure"), ("edge-info", "children"), ("legend", "childre
            ("cyto-count", "children"), ("top-nodes", "data"), ("top-edges", "data"), ("msg", "children"),
            ("target-msg", "children"), ("imageset-msg", "children"), ("value-msg", "children"),
            ("graph-wrap", "className")]
+_AT = {c: i for i, (c, _) in enumerate(OUTPUTS)}
 TABLE_ROWS = 100
 
 
@@ -170,8 +171,8 @@ def register(app, actx, manager) -> None:
             if ready and ready.get("key") == actx.run_key(s) and ready.get("error"):
                 return _error_outputs(actx, s, ready["error"]) + [""]
             out = [no_update] * len(OUTPUTS)
-            out[[c for c, _ in OUTPUTS].index("edge-info")] = "Running the model for this target..."
-            out[[c for c, _ in OUTPUTS].index("graph-wrap")] = "stale"
+            out[_AT["edge-info"]] = "Running the model for this target..."
+            out[_AT["graph-wrap"]] = "stale"
             return out + [no_update]
         return [props[c][p] for c, p in OUTPUTS] + [""]  # a finished run clears its progress line
 

@@ -16,9 +16,7 @@ def export_files(actx, s: dict):
 
     from viscnn.app import routes
 
-    r = actx.resolve(s)
-    if r.pending:
-        raise ViscnnError("the scores for this target are still being computed; export when the graph shows them")
+    r = _resolved(actx, s)
     pm, c = r.pm, r.circuit
     g = pm.graph
     d = S.snapshot_dict(s["model"], s, g, c.nodes, c.edges, r.node_scores, r.edge_scores)
@@ -33,13 +31,32 @@ def export_files(actx, s: dict):
 
 def export_csv(actx, s: dict):
     """(nodes csv, edges csv, base file name) of the current circuit with scores, signs and ranks."""
-    r = actx.resolve(s)
-    if r.pending:
-        raise ViscnnError("the scores for this target are still being computed; export when the graph shows them")
+    r = _resolved(actx, s)
     g = r.pm.graph
     nodes_csv, edges_csv = circuit_csv(g, r.circuit.nodes, r.circuit.edges, r.node_scores, r.edge_scores,
                                        labels=class_labels(g, r.pm.classes), signs=r.signs)
     return nodes_csv, edges_csv, export_basename(s["model"], s["target"], s["set"])
+
+
+def _resolved(actx, s: dict):
+    """The state's circuit, or ViscnnError while its scores are still being computed."""
+    r = actx.resolve(s)
+    if r.pending:
+        raise ViscnnError("the scores for this target are still being computed; export when the graph shows them")
+    return r
+
+
+def _downloads(make, n, s, files):
+    """Outputs of an export button: one dcc.Download dict per (suffix, mime type) in ``files`` for the
+    texts ``make(s)`` returns before its base name, and the message line."""
+    if not n or not s:
+        return [no_update] * (len(files) + 1)
+    try:
+        *texts, base = make(s)
+    except ViscnnError as e:
+        return [no_update] * len(files) + [f"export failed: {e}"]
+    return [{"content": c, "filename": f"{base}{suffix}", "type": mime}
+            for c, (suffix, mime) in zip(texts, files)] + [""]
 
 
 def register(app, actx) -> None:
@@ -47,27 +64,15 @@ def register(app, actx) -> None:
                   Output("snap-msg", "children", allow_duplicate=True),
                   Input("export", "n_clicks"), State("state", "data"), prevent_initial_call=True)
     def export(n, s):
-        if not n or not s:
-            return no_update, no_update, no_update
-        try:
-            js, html, base = export_files(actx, s)
-        except ViscnnError as e:
-            return no_update, no_update, f"export failed: {e}"
-        return ({"content": js, "filename": f"{base}.json", "type": "application/json"},
-                {"content": html, "filename": f"{base}.html", "type": "text/html"}, "")
+        return _downloads(lambda st: export_files(actx, st), n, s,
+                          [(".json", "application/json"), (".html", "text/html")])
 
     @app.callback(Output("download-nodes-csv", "data"), Output("download-edges-csv", "data"),
                   Output("snap-msg", "children", allow_duplicate=True),
                   Input("export-csv", "n_clicks"), State("state", "data"), prevent_initial_call=True)
     def export_tables(n, s):
-        if not n or not s:
-            return no_update, no_update, no_update
-        try:
-            nodes_csv, edges_csv, base = export_csv(actx, s)
-        except ViscnnError as e:
-            return no_update, no_update, f"export failed: {e}"
-        return ({"content": nodes_csv, "filename": f"{base}-nodes.csv", "type": "text/csv"},
-                {"content": edges_csv, "filename": f"{base}-edges.csv", "type": "text/csv"}, "")
+        return _downloads(lambda st: export_csv(actx, st), n, s,
+                          [("-nodes.csv", "text/csv"), ("-edges.csv", "text/csv")])
 
     @app.callback(Output("url", "search", allow_duplicate=True), Output("snap-msg", "children", allow_duplicate=True),
                   Input("snap-upload", "contents"), State("snap-upload", "filename"), prevent_initial_call=True)

@@ -23,6 +23,8 @@ CONTROLS = [("model", "value"), ("view", "value"), ("target", "value"), ("images
             ("value", "value"), ("layout", "value"), ("cyto-cap", "value"), ("relu", "value"), ("image", "data"), ("sel", "data"),
             ("ablate", "data")]
 
+_AT = {c: i for i, (c, _) in enumerate(CONTROLS)}  # a control's position in CONTROLS
+
 
 def _to_controls(s: dict) -> list:
     return [s["model"], s.get("view", "circuit"), s["target"], s["set"], s["metric"], s["mode"], s["value"], s["layout"], s.get("cap", st.CAP_DEFAULT),
@@ -159,10 +161,9 @@ def register(app, actx) -> None:
         if trig == "model" and prev and s["model"] != prev.get("model"):
             return [no_update] * n_out + [no_update, no_update, no_update, no_update, "", f"/?model={s['model']}"]
         outs = [no_update] * n_out
-        iv = [c for c, _ in CONTROLS].index("value")
         if trig == "mode" and prev and s["mode"] != prev.get("mode"):
             s["value"] = st.MODE_DEFAULTS.get(s["mode"], s["value"])
-            outs[iv] = s["value"]
-        if trig == "target" and vals[[c for c, _ in CONTROLS].index("target")] != s["target"]:
-            outs[[c for c, _ in CONTROLS].index("target")] = s["target"]  # an empty target is the loss: say so
+            outs[_AT["value"]] = s["value"]
+        if trig == "target" and vals[_AT["target"]] != s["target"]:
+            outs[_AT["target"]] = s["target"]  # an empty target is the loss: say so
         return outs + [no_update, no_update, st.encode(s), s, "", no_update]

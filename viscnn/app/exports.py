@@ -103,17 +103,13 @@ def circuit_csv(graph, nodes, edges, node_scores, edge_scores, labels: Labels = 
     ni = _indices(nodes, nn_, "node")
     ei = _indices(edges, ne, "edge")
 
-    out = io.StringIO()
-    w = csv.DictWriter(out, NODE_COLUMNS, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-    w.writeheader()
     nr = _ranks(ns[ni])
-    for k in np.argsort(nr, kind="stable"):
+
+    def node_row(k: int) -> dict:
         n = int(ni[k])
-        li = int(graph.node_layer[n])
-        w.writerow({"id": graph.node_id(n), "index": n, "layer": graph.layers[li].name,
-                    "channel": int(graph.node_channel[n]), "label": _label(labels, n),
-                    "score": _num(ns[n]), "rank": int(nr[k])})
-    nodes_csv = out.getvalue()
+        return {"id": graph.node_id(n), "index": n, "layer": graph.layers[int(graph.node_layer[n])].name,
+                "channel": int(graph.node_channel[n]), "label": _label(labels, n), "score": _num(ns[n]),
+                "rank": int(nr[k])}
 
     srcs: Dict[int, List[int]] = {}
     if ei.size:
@@ -122,19 +118,28 @@ def circuit_csv(graph, nodes, edges, node_scores, edge_scores, labels: Labels = 
         for e, s in sel:
             srcs.setdefault(int(e), []).append(int(s))
     tgt = graph.edge_target
-    out = io.StringIO()
-    w = csv.DictWriter(out, EDGE_COLUMNS, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-    w.writeheader()
     er = _ranks(es[ei])
-    for k in np.argsort(er, kind="stable"):
+
+    def edge_row(k: int) -> dict:
         e = int(ei[k])
         li, oc, ic = (int(v) for v in graph.edges[e])
         s = srcs.get(e, [])
-        w.writerow({"index": e, "layer": graph.layers[li].name, "out_channel": oc, "in_channel": ic,
-                    "source": graph.node_id(s[0]) if s else "", "target": graph.node_id(int(tgt[e])),
-                    "sources": "+".join(graph.node_id(x) for x in s), "score": _num(es[e]),
-                    "sign": _sign(sg[e]) if sg is not None else "", "rank": int(er[k])})
-    return nodes_csv, out.getvalue()
+        return {"index": e, "layer": graph.layers[li].name, "out_channel": oc, "in_channel": ic,
+                "source": graph.node_id(s[0]) if s else "", "target": graph.node_id(int(tgt[e])),
+                "sources": "+".join(graph.node_id(x) for x in s), "score": _num(es[e]),
+                "sign": _sign(sg[e]) if sg is not None else "", "rank": int(er[k])}
+
+    return (_csv(NODE_COLUMNS, map(node_row, np.argsort(nr, kind="stable"))),
+            _csv(EDGE_COLUMNS, map(edge_row, np.argsort(er, kind="stable"))))
+
+
+def _csv(columns: Sequence[str], rows) -> str:
+    """CSV text of dict ``rows`` with a header (csv module quoting, \\n line ends)."""
+    out = io.StringIO()
+    w = csv.DictWriter(out, columns, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    w.writeheader()
+    w.writerows(rows)
+    return out.getvalue()
 
 
 # -- file names ----------------------------------------------------------------------------------

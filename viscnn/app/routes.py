@@ -45,7 +45,7 @@ def stretch_contrast(img: np.ndarray):
     if a.size == 0:
         return a, False
     lo, hi = _stretch_range(a)
-    if hi - lo >= STRETCH_BELOW or hi - lo < 1:
+    if not _low_contrast(lo, hi):
         return a, False
     out = (np.asarray(a, np.float64) - lo) * (255.0 / (hi - lo))
     return np.clip(np.round(out), 0, 255).astype(np.uint8), True
@@ -60,7 +60,11 @@ def fv_is_low_contrast(pm, node: int) -> bool:
         return False
     if a is None or a.size == 0:
         return False
-    lo, hi = _stretch_range(a)
+    return _low_contrast(*_stretch_range(a))
+
+
+def _low_contrast(lo: float, hi: float) -> bool:
+    """A percentile range worth stretching: narrower than STRETCH_BELOW levels, but not constant."""
     return 1 <= hi - lo < STRETCH_BELOW
 
 

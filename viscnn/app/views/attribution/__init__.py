@@ -1,19 +1,14 @@
-"""The Attributions view: not built yet. Its tab says so plainly instead of showing an empty page."""
+"""The Attributions view: not built yet (see ``viscnn.app.views.placeholder``)."""
 
 from __future__ import annotations
 
-from dash import html
+from viscnn.app.views.placeholder import placeholder_layout
 
 VIEW = "attribution"
 
 
 def layout(models):
-    return html.Div([
-        html.H3("Attributions"),
-        html.P("This view is not built yet. It will show saliency, DeconvNet, guided backprop, CAM, Grad-CAM and its crop on the current input image, with ReLU rules applied on the traced graph."),
-        html.P("Until then, the Circuit view has the activation maps, kernels and feature visualizations "
-               "of every unit."),
-    ], className="view-placeholder", id="attribution-placeholder")
+    return placeholder_layout(VIEW, "Attributions", "saliency, DeconvNet, guided backprop, CAM, Grad-CAM and its crop on the current input image, with ReLU rules applied on the traced graph")
 
 
 def register(app, actx, manager) -> None:

@@ -1,19 +1,14 @@
-"""The Model comparison view: not built yet. Its tab says so plainly instead of showing an empty page."""
+"""The Model comparison view: not built yet (see ``viscnn.app.views.placeholder``)."""
 
 from __future__ import annotations
 
-from dash import html
+from viscnn.app.views.placeholder import placeholder_layout
 
 VIEW = "compare"
 
 
 def layout(models):
-    return html.Div([
-        html.H3("Model comparison"),
-        html.P("This view is not built yet. It will show the same input image and target side by side across the prepped models."),
-        html.P("Until then, the Circuit view has the activation maps, kernels and feature visualizations "
-               "of every unit."),
-    ], className="view-placeholder", id="compare-placeholder")
+    return placeholder_layout(VIEW, "Model comparison", "the same input image and target side by side across the prepped models")
 
 
 def register(app, actx, manager) -> None:
