@@ -117,29 +117,29 @@ def paint_once(browser, url: str) -> tuple:
     return probe, wall
 
 
-def first_paint(models_dir, name: str, repeats: int = 5) -> dict:
-    """First paint on a cold server, then the median of ``repeats`` warm-server loads (fresh pages)."""
+def first_paint(models_dir, name: str, repeats: int = 3) -> dict:
+    """The acceptance protocol: ``repeats`` times a cold server (a new process) and a fresh browser
+    (no caches), one page load each; the median of the in-page first paints."""
     from playwright.sync_api import sync_playwright
 
     from app_fixture import free_port, start_server
     from test_browser import ARGS
 
-    port = free_port()
-    proc = start_server(models_dir, name, port)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        with sync_playwright() as p:
-            b = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-            cold = paint_once(b, url)
-            warm = [paint_once(b, url) for _ in range(repeats)]
-            b.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        Path(proc.log_path).unlink(missing_ok=True)
-    return {"first_paint_cold_s": cold[0], "first_paint_warm_s": statistics.median(w[0] for w in warm),
-            "first_paint_warm_runs_s": [round(w[0], 3) for w in warm],
-            "observed_cold_s": cold[1], "observed_warm_s": statistics.median(w[1] for w in warm)}
+    runs = []
+    with sync_playwright() as p:
+        for _ in range(repeats):
+            port = free_port()
+            proc = start_server(models_dir, name, port)
+            try:
+                b = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+                runs.append(paint_once(b, f"http://127.0.0.1:{port}/"))
+                b.close()
+            finally:
+                proc.terminate()
+                proc.wait(10)
+                Path(proc.log_path).unlink(missing_ok=True)
+    return {"first_paint_s": statistics.median(r[0] for r in runs), "first_paint_runs_s": [round(r[0], 3) for r in runs],
+            "observed_s": statistics.median(r[1] for r in runs)}
 
 
 def default_model(tmp: Path):
@@ -187,12 +187,12 @@ def main() -> int:
                   f"{r['figure_ms_median']:.0f} ms), payload {r['all_callbacks_MB_max']:.2f} MB max "
                   f"-> {'OK' if good else 'MISSES GOAL'} (goal {GOAL_MS:.0f} ms, {GOAL_MB} MB)")
     if "paint" in results:
-        good = results["paint"]["first_paint_warm_s"] <= GOAL_PAINT
-        ok &= good
         pr = results["paint"]
-        print(f"first paint: {pr['first_paint_cold_s']:.2f} s cold server, {pr['first_paint_warm_s']:.2f} s warm "
-              f"(median of {len(pr['first_paint_warm_runs_s'])}; as Playwright observes it: {pr['observed_cold_s']:.2f} s, "
-              f"{pr['observed_warm_s']:.2f} s) -> {'OK' if good else 'MISSES GOAL'} (goal {GOAL_PAINT} s)")
+        good = pr["first_paint_s"] <= GOAL_PAINT
+        ok &= good
+        print(f"first paint: {pr['first_paint_s']:.2f} s median of {len(pr['first_paint_runs_s'])} cold servers with a "
+              f"fresh browser each (runs {pr['first_paint_runs_s']}; as Playwright observes it: {pr['observed_s']:.2f} s)"
+              f" -> {'OK' if good else 'MISSES GOAL'} (goal {GOAL_PAINT} s)")
         print("machine load:", os.getloadavg())
     return 0 if ok else 1
 

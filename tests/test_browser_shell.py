@@ -243,3 +243,15 @@ def test_help_toggle_shows_help(page):
     page.click("#help-toggle")
     page.wait_for_function("() => { const e = document.querySelector('#help');"
                            " return e && getComputedStyle(e).display !== 'none'; }")
+
+
+def test_partial_plotly_bundle_serves_every_figure(page):
+    """The page runs on the partial plotly.js bundle (assets/plotly-viscnn.min.js): the full 4.8 MB
+    bundle is never fetched, and every trace type the app draws is registered in it."""
+    urls = page.evaluate("() => performance.getEntriesByType('resource').map(e => e.name)")
+    assert any("plotly-viscnn.min.js" in u for u in urls)
+    assert not any("package_data/plotly.min.js" in u for u in urls)
+    for kind in ("scatter3d", "bar", "heatmap", "image", "scatter"):
+        # Plotly.validate flags an unregistered trace type as "invalid" at data[0]
+        errs = page.evaluate("(k) => Plotly.validate([{type: k}], {}) || []", kind)
+        assert not [e for e in errs if e.get("code") == "object" or "type" in str(e.get("astr"))], (kind, errs)
