@@ -121,8 +121,8 @@ def test_cap_and_counts(tiny):
     assert cy.MAX_EDGES_2D == 40 and (r.shown_edges, r.total_edges) == (40, len(c.edges))
     ks = kernels_of(r.elements)
     assert len(ks) == 40
-    top = set(c.edges[np.argsort(-np.abs(es[c.edges]), kind="stable")[:40]].tolist())
-    assert {k["data"]["edge"] for k in ks} == top  # the most important by |score|
+    top = set(capped_reference(g, c.edges, es, 40))
+    assert {k["data"]["edge"] for k in ks} == top  # a share per layer, then by |score|
     ids = {e["data"]["id"] for e in r.elements}
     for k in ks:
         e = k["data"]["edge"]
@@ -394,3 +394,37 @@ def test_circuit_view_reports_counts(tiny):
     # the user's cap (URL key cap) raises it
     props = circuit_props(actx, dict(s, cap=7))
     assert props["cyto-count"]["children"].startswith(f"showing {min(total, 7)} of {total}")
+    # the tables say what their score column is: metric, target and the images it rests on
+    cap = props["tables-caption"]["children"]
+    assert s["metric"] in cap and "mean over" in cap and "ranked by |score|" in cap
+    scores = [abs(r["score"]) for r in props["top-nodes"]["data"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def capped_reference(graph, edges, scores, k):
+    """Slow reference for the 2D cap: per target layer its own top k // L, then the best of the rest."""
+    edges = [int(e) for e in edges]
+    lay = {e: int(graph.node_layer[graph.edge_target[e]]) for e in edges}
+    layers = sorted(set(lay.values()))
+    q = k // len(layers)
+    key = lambda e: (-abs(float(scores[e])), edges.index(e))  # noqa: E731 (stable ties: input order)
+    chosen = set()
+    for L in layers:
+        chosen |= set(sorted([e for e in edges if lay[e] == L], key=key)[:q])
+    rest = sorted([e for e in edges if e not in chosen], key=key)
+    chosen |= set(rest[: k - len(chosen)])
+    return sorted(chosen)
+
+
+@pytest.mark.parametrize("k", [1, 5, 12, 40])
+def test_capped_edges_share_per_layer(k, resnet):
+    g = resnet
+    rng = np.random.default_rng(k)
+    scores = rng.normal(size=g.num_edges)
+    scores[g.node_layer[g.edge_target] == 0] *= 100  # the first layer's kernels dwarf the rest
+    edges = np.sort(rng.choice(g.num_edges, size=min(g.num_edges, 60), replace=False))
+    got = cy.capped_edges(g, edges, scores, k)
+    assert got.tolist() == capped_reference(g, edges, scores, k)
+    assert len(got) == min(k, len(edges))
+    if k >= len(g.layers):  # every layer of the circuit is drawn
+        assert len(set(g.node_layer[g.edge_target[got]])) == len(set(g.node_layer[g.edge_target[edges]]))

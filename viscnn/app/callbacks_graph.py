@@ -22,7 +22,7 @@ from viscnn.errors import ViscnnError
 OUTPUTS = [("graph3d", "figure"), ("edge-info", "children"), ("legend", "children"), ("cyto-data", "data"),
            ("cyto-count", "children"), ("top-nodes", "data"), ("top-edges", "data"), ("msg", "children"),
            ("target-msg", "children"), ("imageset-msg", "children"), ("value-msg", "children"),
-           ("graph-wrap", "className")]
+           ("graph-wrap", "className"), ("tables-caption", "children")]
 _AT = {c: i for i, (c, _) in enumerate(OUTPUTS)}
 TABLE_ROWS = 100
 
@@ -107,7 +107,7 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
                              max_edges=st.clamp_cap(s.get("cap", st.CAP_DEFAULT)), signs=r.signs, labels=labels,
                              selected=s.get("sel"), is_stretched=lambda n: routes.fv_is_low_contrast(pm, n))
     count = (f"showing {c2.shown_edges} of {c2.total_edges} circuit edges"
-             + (" (the most important by |score|; raise the cap to see more)" if c2.shown_edges < c2.total_edges else ""))
+             + (" (each layer's most important by |score|, then the highest left; raise the cap to see more)" if c2.shown_edges < c2.total_edges else ""))
     ns = np.asarray(r.node_scores, np.float64)
     es = np.asarray(r.edge_scores, np.float64)
     trows, erows = _tables(g, labels, circ.nodes, edges, ns, es)
@@ -117,7 +117,9 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
             "cyto-data": {"data": c2.elements}, "cyto-count": {"children": count},
             "top-nodes": {"data": trows}, "top-edges": {"data": erows}, "msg": {"children": ""},
             "target-msg": {"children": ""}, "imageset-msg": {"children": ""}, "value-msg": {"children": ""},
-            "graph-wrap": {"className": ""}}
+            "graph-wrap": {"className": ""},
+            "tables-caption": {"children": f"score column: {basis[len('Scores: '):]} Rows "
+                                           f"ranked by |score|; the {TABLE_ROWS} highest of the circuit."}}
 
 
 def circuit_view(actx, s: dict, max_edges: int = graph3d.MAX_EDGES):

@@ -53,7 +53,16 @@ def stretch_contrast(img: np.ndarray):
 
 def fv_is_low_contrast(pm, node: int) -> bool:
     """Whether ``fv_url(..., stretch=True)`` of this node serves a stretched picture (False when the
-    node has no prepped feature visualization or is not a node)."""
+    node has no prepped feature visualization or is not a node). Cached per prepped model: the 2D
+    circuit asks for every drawn node on each update, and the pictures never change."""
+    cache = pm.__dict__.setdefault("_fv_low_contrast", {})
+    node = int(node)
+    if node not in cache:
+        cache[node] = _fv_low_contrast(pm, node)
+    return cache[node]
+
+
+def _fv_low_contrast(pm, node: int) -> bool:
     try:
         a = node_image(pm, int(node), "fv")
     except ViscnnError:

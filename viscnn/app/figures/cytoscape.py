@@ -193,12 +193,33 @@ def _spread(ys: List[float], gap: float, lo: float, hi: float) -> List[float]:
     return out
 
 
+def capped_edges(graph, edges: np.ndarray, scores: np.ndarray, max_edges: int) -> np.ndarray:
+    """The ``max_edges`` edges the 2D diagram draws, sorted: every layer of the circuit first gets its
+    own top ``max_edges // layers`` edges by |score|, then the remaining slots go to the highest |score|
+    left anywhere. (A plain global top-k is taken almost whole by the input->conv1 kernels, whose
+    scores are largest, and leaves the deeper layers, and so the path to the target, undrawn.)"""
+    edges = np.asarray(edges, np.int64)
+    if len(edges) <= max_edges:
+        return np.sort(edges)
+    order = edges[np.argsort(-np.abs(scores[edges]), kind="stable")]
+    layer = np.asarray(graph.node_layer)[np.asarray(graph.edge_target)[order]]
+    quota = max_edges // max(1, len(np.unique(layer)))
+    rank = np.zeros(len(order), np.int64)  # rank of each edge within its layer (order is by |score|)
+    for lay in np.unique(layer):
+        at = np.flatnonzero(layer == lay)
+        rank[at] = np.arange(len(at))
+    first = rank < quota
+    rest = order[~first][: max_edges - int(first.sum())]
+    return np.sort(np.concatenate([order[first], rest]))
+
+
 def circuit_elements(graph, nodes: Sequence[int], edges: Sequence[int], edge_scores: np.ndarray,
                      node_img: Callable[[int], Optional[str]], kernel_img: Callable[[int], str],
                      max_edges: int = MAX_EDGES_2D, signs: Optional[np.ndarray] = None,
                      labels: Optional[Sequence[str]] = None, selected: Optional[str] = None,
                      is_stretched: Optional[Callable[[int], bool]] = None) -> Circuit2D:
-    """Elements for the top ``max_edges`` circuit edges (by |score|) and the nodes they touch.
+    """Elements for at most ``max_edges`` circuit edges (:func:`capped_edges`: a share per layer, then
+    by |score|) and the nodes they touch.
 
     ``node_img(n)``: thumbnail URL of a node (None for none); never asked for class nodes, which are
     labelled boxes. ``kernel_img(e)``: glyph URL of a kernel. ``signs``: per-edge signs for the colour
@@ -213,7 +234,7 @@ def circuit_elements(graph, nodes: Sequence[int], edges: Sequence[int], edge_sco
     s = np.asarray(edge_scores, np.float64)
     max_edges = max(0, int(max_edges))
     if total > max_edges:
-        edges = np.sort(edges[np.argsort(-np.abs(s[edges]), kind="stable")[:max_edges]])
+        edges = capped_edges(graph, edges, s, max_edges)
     nodes = np.asarray(nodes, np.int64)
     in_circuit = set(int(n) for n in nodes)
     links = graph.links

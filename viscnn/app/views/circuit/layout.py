@@ -77,6 +77,7 @@ def layout(models) -> html.Div:
                        stylesheet=STYLESHEET, style={"width": "100%", "height": "440px"},
                        className="cyto-box", minZoom=0.3, maxZoom=3, wheelSensitivity=0.2),
         html.H4("Top of the circuit"),
+        html.Div(id="tables-caption", className="muted"),
         html.Div(className="row", children=[
             dash_table.DataTable(id="top-nodes", page_size=10, sort_action="native", style_table={"width": "100%"},
                                  style_cell={"fontSize": 12, "padding": "2px 6px", "textAlign": "left"},
