@@ -286,3 +286,23 @@ def test_huge_file_is_refused_before_decoding():
     blob = "data:image/png;base64," + base64.b64encode(b"\0" * (11 * 1024 * 1024)).decode()
     with pytest.raises(ViscnnError, match="larger than 10 MB"):
         data_url_bytes(blob)
+
+
+def test_googlenet_labels_never_overlap():
+    """59 layers with four parallel branches per Inception block: where even the smallest font does not fit
+    between neighbours, names are thinned so that the drawn ones keep a line height of room."""
+    import torchvision
+
+    m = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True).eval()
+    g = build_graph(m, (64, 64), in_channels=3, include_classes=True)
+    pos = graph3d.node_positions(g, np.random.default_rng(0).normal(size=(g.num_nodes, 2)))
+    ann = graph3d.layer_labels(g, pos)
+    xs = np.array([float(pos[l.node_offset, 0]) for l in g.layers])
+    px = graph3d.PANEL_PX * 0.8 / float(xs.max() - xs.min())
+    ax = sorted(a["x"] for a in ann)
+    font = ann[0]["font"]["size"]
+    assert font >= 7 and all(a["textangle"] == -90 for a in ann)
+    assert min(np.diff(ax)) * px >= font * graph3d.LINE_HEIGHT - 1e-9
+    names = {a["text"] for a in ann}
+    assert names <= {l.name for l in g.layers} and len(names) >= len(g.layers) // 3
+    assert g.layers[0].name in names

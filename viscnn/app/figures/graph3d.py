@@ -192,6 +192,9 @@ def node_trace(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_scores
     }
 
 
+LINE_HEIGHT = 1.2  # a vertical name needs this many font sizes of room from its neighbour
+
+
 def _label_gap_px(graph, pos: np.ndarray, panel_px: int) -> float:
     """The smallest distance in pixels between two layers along the depth axis at the default camera."""
     xs = np.unique(np.round(pos[[l.node_offset for l in graph.layers], 0], 6))
@@ -208,7 +211,7 @@ def label_style(graph, pos: np.ndarray, panel_px: int = PANEL_PX) -> Tuple[int, 
     widest = max(len(l.name) for l in graph.layers) * LABEL_FONT * 0.62
     if widest < gap:
         return 0, LABEL_FONT
-    return -90, int(min(LABEL_FONT, max(7, gap / 1.2)))
+    return -90, int(min(LABEL_FONT, max(7, gap / LINE_HEIGHT)))
 
 
 def label_angle(graph, pos: np.ndarray, panel_px: int = PANEL_PX) -> int:
@@ -218,14 +221,24 @@ def label_angle(graph, pos: np.ndarray, panel_px: int = PANEL_PX) -> int:
 def layer_labels(graph, pos: np.ndarray, panel_px: int = PANEL_PX) -> List[dict]:
     """Layer names above each layer as scene annotations: drawn as page text that follows the camera.
     (A scatter3d text trace looks the same but triangulates every glyph on the CPU: ~0.3 s of first paint.)
-    Deep models get vertical names so that neighbours never overlap."""
+    Deep models get vertical names so that neighbours never overlap; where even the smallest font does
+    not fit between neighbours (GoogLeNet: 59 layers), only every name that has a line height of room
+    from the last one drawn is written — the others are on the nodes' hover."""
     top = float(pos[:, 2].max()) + 0.6 if len(pos) else 1.0
     ang, font = label_style(graph, pos, panel_px)
-    out = []
-    for layer in graph.layers:
-        a = {"x": float(pos[layer.node_offset, 0]), "y": 0.0, "z": top, "text": layer.name, "showarrow": False,
-             "font": {"size": font, "color": "#444"}, "textangle": ang, "yanchor": "bottom", "xanchor": "center"}
-        out.append(a)
+    xs = np.array([float(pos[l.node_offset, 0]) for l in graph.layers]) if graph.layers else np.zeros(0)
+    span = float(xs.max() - xs.min()) if len(xs) else 0.0
+    px = panel_px * 0.8 / (span or 1.0)
+    need = font * LINE_HEIGHT if ang else 0.0
+    out, last = [], None
+    for i in np.argsort(xs, kind="stable"):
+        if last is not None and ang and (xs[i] - last) * px < need:
+            continue
+        layer = graph.layers[int(i)]
+        out.append({"x": float(xs[i]), "y": 0.0, "z": top, "text": layer.name, "showarrow": False,
+                    "font": {"size": font, "color": "#444"}, "textangle": ang, "yanchor": "bottom",
+                    "xanchor": "center", "hovertext": f"layer {layer.name}"})
+        last = xs[i]
     return out
 
 
