@@ -306,3 +306,23 @@ def test_googlenet_labels_never_overlap():
     names = {a["text"] for a in ann}
     assert names <= {l.name for l in g.layers} and len(names) >= len(g.layers) // 3
     assert g.layers[0].name in names
+
+
+def test_class_labels_apart_on_screen():
+    """Class names are spread along the screen's vertical at the default camera (y moves a point up the
+    screen too), so two classes at the same z but different depth do not print over each other."""
+    from torch import nn
+
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    graph = build_graph(m, (12, 12), include_classes=True)
+    pos = graph3d.node_positions(graph, np.random.default_rng(3).normal(size=(graph.num_nodes, 2)))
+    last = graph.layers[-1]
+    sl = slice(last.node_offset, last.node_offset + last.channels)
+    pos[sl, 2] = 0.0  # every class at one height: only depth (y) and the spreading separate them
+    names = [f"class {i}" for i in range(last.channels)]
+    ann = graph3d.class_labels(graph, pos, names)
+    up, per = graph3d._screen_up(pos)
+    v = np.array([a["y"] * per[0] * up[0] + a["z"] * per[1] * up[1] for a in ann])
+    gap = 0.07 * graph3d.ASPECT["z"] * up[1]
+    assert np.min(np.diff(np.sort(v))) >= gap * 0.99  # z is rounded to 3 decimals
+    assert [a["x"] for a in ann] == [float(x) for x in pos[sl, 0]] and [a["y"] for a in ann] == [float(y) for y in pos[sl, 1]]

@@ -242,22 +242,37 @@ def layer_labels(graph, pos: np.ndarray, panel_px: int = PANEL_PX) -> List[dict]
     return out
 
 
+def _screen_up(pos: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(u, scale): how much one data unit along y and z moves a point up the screen at the default
+    camera, per axis ([y, z]); Plotly normalises each axis by its range and the aspect ratio."""
+    rng = scene_ranges(pos)
+    e = np.array([DEFAULT_EYE["y"], DEFAULT_EYE["z"]], np.float64)
+    d = -e / np.linalg.norm(e)  # viewing direction in the (y, z) plane
+    up = np.array([0.0, 1.0]) - d[1] * d  # the z axis minus its part along the view
+    up /= np.linalg.norm(up)
+    per_unit = np.array([ASPECT[a] / ((rng[a][1] - rng[a][0]) or 1.0) for a in "yz"])
+    return up, per_unit
+
+
 def class_labels(graph, pos: np.ndarray, classes: Sequence[str], max_classes: int = 30) -> List[dict]:
     """Class names beside the class layer's nodes (up to ``max_classes``; more are on hover only),
-    pushed apart vertically so that names of nearby classes do not overlap at the default camera."""
+    pushed apart along the screen's vertical at the default camera (depth into the screen, y, also moves
+    a point up the screen) so that names of nearby classes do not overlap; only z is moved."""
     last = graph.layers[-1]
     if last.kind != "linear" or len(classes) != last.channels or last.channels > max_classes:
         return []
     p = pos[last.node_offset:last.node_offset + last.channels].astype(np.float64)
-    zr = float(pos[:, 2].max() - pos[:, 2].min()) or 1.0
-    gap = zr * 0.07
-    order = np.argsort(p[:, 2], kind="stable")
-    z = p[order, 2].copy()
-    for i in range(1, len(z)):
-        z[i] = max(z[i], z[i - 1] + gap)
-    z -= (z.mean() - p[order, 2].mean())  # keep the group centred where the nodes are
-    zs = np.empty_like(z)
-    zs[order] = z
+    up, per_unit = _screen_up(pos)
+    v = p[:, 1] * per_unit[0] * up[0] + p[:, 2] * per_unit[1] * up[1]  # screen height (normalised)
+    gap = 0.07 * ASPECT["z"] * up[1]  # about a line of 10 px text in a ~600 px tall scene
+    order = np.argsort(v, kind="stable")
+    w = v[order].copy()
+    for i in range(1, len(w)):
+        w[i] = max(w[i], w[i - 1] + gap)
+    w -= (w.mean() - v[order].mean())  # keep the group centred where the nodes are
+    vs = np.empty_like(w)
+    vs[order] = w
+    zs = p[:, 2] + (vs - v) / (per_unit[1] * up[1])
     return [{"x": float(p[c, 0]), "y": float(p[c, 1]), "z": round(float(zs[c]), 3), "text": name,
              "showarrow": False, "xanchor": "left", "xshift": 10, "font": {"size": 10, "color": "#333"}}
             for c, name in enumerate(classes)]

@@ -71,7 +71,7 @@ def layout(models) -> html.Div:
                   html.Label("edges shown", className="muted", htmlFor="cyto-cap",
                              title="How many of the circuit's most important edges the 2D diagram draws (at most 400)"),
                   dcc.Input(id="cyto-cap", type="number", min=1, max=400, step=1, value=MAX_EDGES_2D,
-                            debounce=True, style={"width": "64px"}),
+                            debounce=True, style={"width": "80px"}),
                   *export_buttons("cyto", "2D circuit")], className="row"),
         cyto.Cytoscape(id="cyto", elements=[], layout={"name": "preset", "fit": True, "padding": 12},
                        stylesheet=STYLESHEET, style={"width": "100%", "height": "440px"},
