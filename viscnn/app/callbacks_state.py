@@ -17,25 +17,31 @@ from urllib.parse import parse_qs
 from dash import Input, Output, State, ctx, no_update
 
 from viscnn.app import state as st
+from viscnn.app.viewparams import all_params
 from viscnn.errors import ViscnnError
 
 CONTROLS = [("model", "value"), ("view", "value"), ("target", "value"), ("imageset", "value"), ("metric", "value"), ("mode", "value"),
             ("value", "value"), ("layout", "value"), ("cyto-cap", "value"), ("relu", "value"), ("image", "data"), ("sel", "data"),
             ("ablate", "data")]
 
+_BASE = len(CONTROLS)
+PARAMS = all_params()  # the views' own URL keys, each bound to its control (viscnn.app.viewparams)
+CONTROLS = CONTROLS + [(p.component, p.prop) for p in PARAMS]
 _AT = {c: i for i, (c, _) in enumerate(CONTROLS)}  # a control's position in CONTROLS
 
 
 def _to_controls(s: dict) -> list:
     return [s["model"], s.get("view", "circuit"), s["target"], s["set"], s["metric"], s["mode"], s["value"], s["layout"], s.get("cap", st.CAP_DEFAULT),
-            ["relu"] if s["relu"] else [], s["image"], s["sel"], s["ablate"]]
+            ["relu"] if s["relu"] else [], s["image"], s["sel"], s["ablate"]] + [
+        p.to_control(s.get(p.key, p.default)) for p in PARAMS]
 
 
 def _from_controls(vals: list) -> dict:
-    model, view, target, iset, metric, mode, value, layout, cap, relu, image, sel, ablate = vals
+    model, view, target, iset, metric, mode, value, layout, cap, relu, image, sel, ablate = vals[:_BASE]
     return {"model": model, "view": view or "circuit", "target": (target or "").strip() or "loss", "set": iset or "",
             "metric": metric, "mode": mode, "value": st.parse_value(value), "layout": layout, "cap": st.clamp_cap(cap), "image": image or "", "relu": bool(relu), "sel": sel or "",
-            "ablate": list(ablate or [])}
+            "ablate": list(ablate or []),
+            **{p.key: p.from_control(v) for p, v in zip(PARAMS, vals[_BASE:])}}
 
 
 def state_of_search(actx, search: str) -> Tuple[dict, List[str]]:

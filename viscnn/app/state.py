@@ -17,13 +17,18 @@ KEYS = ("model", "view", "target", "set", "metric", "mode", "value", "layout", "
 
 def default_state(model: str, metrics: Sequence[str], layouts: Sequence[str], images: Sequence[str] = ()) -> dict:
     layout = next((l for l in ("mds", "pca", "grid") if l in layouts), layouts[0] if layouts else "grid")
+    from viscnn.app.viewparams import all_params, defaults
+
     return {"model": model, "view": "circuit", "target": "loss", "set": "all", "metric": metrics[0] if metrics else "taylor",
             "mode": "mass", "value": MODE_DEFAULTS["mass"], "layout": layout, "cap": CAP_DEFAULT,
-            "image": f"img:{images[0]}" if images else "", "relu": True, "sel": "", "ablate": []}
+            "image": f"img:{images[0]}" if images else "", "relu": True, "sel": "", "ablate": [],
+            **defaults(all_params())}
 
 
 def encode(state: dict) -> str:
-    """``?key=value&...`` in a fixed key order (ablations comma-joined)."""
+    """``?key=value&...`` in a fixed key order (ablations comma-joined), then the views' own keys."""
+    from viscnn.app.viewparams import all_params
+
     q = []
     for k in KEYS:
         v = state.get(k)
@@ -34,6 +39,9 @@ def encode(state: dict) -> str:
         elif k == "value":
             v = fmt_value(v)
         q.append((k, "" if v is None else str(v)))
+    for p in all_params():
+        if p.key in state:
+            q.append((p.key, p.encode(state[p.key])))
     return "?" + urlencode(q)
 
 
@@ -50,7 +58,7 @@ def decode(search: str, defaults: dict, metrics: Sequence[str], layouts: Sequenc
     state = dict(defaults)
     warnings: List[str] = []
     try:
-        q = parse_qs((search or "").lstrip("?"), keep_blank_values=True, max_num_fields=50)
+        q = parse_qs((search or "").lstrip("?"), keep_blank_values=True, max_num_fields=100)
     except ValueError as e:
         return state, [f"ignored the link's settings: {e}"]
     get = {k: v[-1] for k, v in q.items()}
@@ -95,6 +103,13 @@ def decode(search: str, defaults: dict, metrics: Sequence[str], layouts: Sequenc
         state["relu"] = get["relu"] not in ("0", "false", "")
     if "ablate" in get:
         state["ablate"] = [a for a in get["ablate"].split(",") if a][:200]
+    from viscnn.app.viewparams import all_params
+
+    for p in all_params():
+        if p.key in get:
+            state[p.key], warn = p.decode(get[p.key])
+            if warn:
+                warnings.append(warn)
     return state, warnings
 
 
