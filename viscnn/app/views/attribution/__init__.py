@@ -1,15 +1,14 @@
-"""The Attributions view: not built yet (see ``viscnn.app.views.placeholder``)."""
+"""The Attribution view: saliency, DeconvNet, guided backprop, CAM and Grad-CAM (with its crop) on the
+current input image, on the full model or on the circuit-masked one."""
 
 from __future__ import annotations
 
-from viscnn.app.views.placeholder import placeholder_layout
+from viscnn.app.views.attribution.layout import PARAMS, layout  # noqa: F401
 
 VIEW = "attribution"
 
 
-def layout(models):
-    return placeholder_layout(VIEW, "Attributions", "saliency, DeconvNet, guided backprop, CAM, Grad-CAM and its crop on the current input image, with ReLU rules applied on the traced graph")
-
-
 def register(app, actx, manager) -> None:
-    """No callbacks yet."""
+    from viscnn.app.views.attribution import callbacks
+
+    callbacks.register(app, actx)

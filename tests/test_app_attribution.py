@@ -1,0 +1,86 @@
+"""The Attribution view without a browser: its props for a state, its URL keys, its errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from app_fixture import make_prepped
+from viscnn.app import state as st
+from viscnn.app.views.attribution.compute import METHODS, attribute_image
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from viscnn.app.server import create_app
+
+    root = tmp_path_factory.mktemp("attrview")
+    make_prepped(root, "tiny")
+    return create_app(root, "tiny", cache_dir=root / "cache")
+
+
+def test_every_method_drawn_with_its_scale(app):
+    from viscnn.app.views.attribution.callbacks import attribution_props
+
+    actx = app.viscnn
+    s = dict(actx.defaults("tiny"), view="attribution", methods=list(METHODS))
+    p = attribution_props(actx, s)
+    assert "predicted class" in p["attr-info"]["children"]
+    graphs = [c for c in _walk(p["attr-maps"]["children"]) if type(c).__name__ == "Graph"]
+    heat = [g.figure["data"][0] for g in graphs if g.figure["data"][0]["type"] == "heatmap"]
+    errors = [c for c in _walk(p["attr-maps"]["children"]) if getattr(c, "className", "") == "warn"]
+    assert len(heat) + len(errors) == len(METHODS) and len(heat) >= len(METHODS) - 1
+    for tr in heat:  # signed maps: symmetric about zero; magnitudes from zero
+        assert tr["zmin"] == -tr["zmax"] or tr["zmin"] == 0
+    # a shared scale puts every signed map on one limit
+    p2 = attribution_props(actx, dict(s, ascale="shared"))
+    heat2 = [g.figure["data"][0] for g in _walk(p2["attr-maps"]["children"]) if type(g).__name__ == "Graph"
+             and g.figure["data"][0]["type"] == "heatmap"]
+    assert len({tr["zmax"] for tr in heat2 if tr["zmin"] < 0}) == 1
+
+
+def test_circuit_only_row_and_bad_layer(app):
+    from viscnn.app.views.attribution.callbacks import attribution_props
+    from viscnn.errors import ViscnnError
+
+    actx = app.viscnn
+    s = dict(actx.defaults("tiny"), view="attribution", methods=["gradient"], arestrict=True, mode="mass", value=0.5)
+    p = attribution_props(actx, s)
+    titles = [c.children for c in _walk(p["attr-maps"]["children"]) if type(c).__name__ == "H4"]
+    assert titles[0] == "Full model" and titles[1].startswith("Circuit only:")
+    with pytest.raises(ViscnnError, match="no conv layer"):
+        attribution_props(actx, dict(s, alayer="nope"))
+
+
+def test_url_keys_round_trip(app):
+    actx = app.viscnn
+    d = actx.defaults("tiny")
+    s = dict(d, view="attribution", methods=["deconvnet", "gradcam"], atarget="class:2", athr=0.3,
+             ascale="shared", arestrict=True)
+    back, warns = st.decode(st.encode(s), d, [d["metric"]], [d["layout"]])
+    assert not warns and all(back[k] == s[k] for k in ("methods", "atarget", "athr", "ascale", "arestrict"))
+    back, warns = st.decode("?methods=gradcam,bogus&athr=7", d, [d["metric"]], [d["layout"]])
+    assert back["methods"] == ["gradcam"] and back["athr"] == 0.5 and len(warns) == 2
+
+
+def test_same_maps_as_the_package():
+    """The view's gradient map is the package's raw gradient summed over channels."""
+    from viscnn.attribution.saliency import Gradient
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                            torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    x = torch.randn(1, 1, 10, 10)
+    r = attribute_image(m, x, ["gradient"], "class:1")
+    ref = Gradient(m).attribute(x, 1).detach().double().numpy()[0].sum(0)
+    np.testing.assert_allclose(r.maps[0].map2d, ref, rtol=1e-6, atol=1e-9)
+
+
+def _walk(c):
+    if isinstance(c, (list, tuple)):
+        for x in c:
+            yield from _walk(x)
+        return
+    if c is None or isinstance(c, (str, int, float)):
+        return
+    yield c
+    yield from _walk(getattr(c, "children", None))

@@ -1,0 +1,134 @@
+"""What the Attribution view shows, as pure functions: the chosen methods on one input image.
+
+Every map is the raw attribution w.r.t. the model's input tensor (``viscnn.attribution``), reduced to
+2D for display: the channel sum for signed methods, the channel max of |value| for magnitudes
+(Simonyan et al.'s saliency). Grad-CAM-like maps are already 2D (upsampled to the input).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from viscnn.errors import ViscnnError
+
+# URL value -> (label, needs a layer, one-line what-it-is)
+METHODS: Dict[str, Tuple[str, bool, str]] = {
+    "saliency": ("Saliency |grad|", False, "max over channels of |d target / d input| (Simonyan et al.)"),
+    "gradient": ("Gradient", False, "signed d target / d input, summed over channels"),
+    "gradxinput": ("Gradient x input", False, "input * gradient, summed over channels"),
+    "deconvnet": ("DeconvNet", False, "Zeiler-Fergus back-projection: every ReLU rectifies the backward signal"),
+    "guided": ("Guided backprop", False, "both ReLU masks: forward positive and backward positive (Springenberg)"),
+    "gradcam": ("Grad-CAM", True, "ReLU(sum_c mean(dY/dA_c) A_c) at the layer, bilinear to the input"),
+    "guided_gradcam": ("Guided Grad-CAM", True, "guided backprop x upsampled Grad-CAM"),
+    "cam": ("CAM", False, "class weights x last conv maps (only for GAP -> one Linear heads)"),
+}
+DEFAULT_METHODS = ("saliency", "guided", "gradcam")
+
+
+@dataclass
+class MapResult:
+    method: str
+    label: str
+    map2d: Optional[np.ndarray]  # float64 [H, W]; None when the method failed
+    signed: bool
+    note: str  # what it is, or the error
+
+
+@dataclass
+class AttributionResult:
+    maps: List[MapResult]
+    target: str  # the target as used ("class:K (name)")
+    layer: str  # the Grad-CAM layer as used
+    crop_box: Optional[Tuple[int, int, int, int]]  # (y0, x0, y1, x1) of the Grad-CAM crop
+    crop_mask: Optional[np.ndarray]  # bool [H, W]
+
+
+def _make(method: str, model, layer: Optional[str], classes):
+    from viscnn.attribution import cam, deconvnet, gradcam, guided_backprop, guided_gradcam, saliency
+
+    class A:  # the method classes by their Captum-like names
+        Saliency, Gradient, InputXGradient = saliency.Saliency, saliency.Gradient, saliency.InputXGradient
+        Deconvolution, GuidedBackprop = deconvnet.Deconvolution, guided_backprop.GuidedBackprop
+        GradCAM, GuidedGradCAM, CAM = gradcam.GradCAM, guided_gradcam.GuidedGradCAM, cam.CAM
+
+    if method == "saliency":
+        return A.Saliency(model, classes=classes), {"abs": True}
+    if method == "gradient":
+        return A.Gradient(model, classes=classes), {}
+    if method == "gradxinput":
+        return A.InputXGradient(model, classes=classes), {}
+    if method == "deconvnet":
+        return A.Deconvolution(model, classes=classes), {}
+    if method == "guided":
+        return A.GuidedBackprop(model, classes=classes), {}
+    if method == "gradcam":
+        return A.GradCAM(model, layer=layer or None, classes=classes), {}
+    if method == "guided_gradcam":
+        return A.GuidedGradCAM(model, layer=layer or None, classes=classes), {}
+    if method == "cam":
+        return A.CAM(model, classes=classes), {}
+    raise ViscnnError(f"unknown attribution method {method!r}; use one of {', '.join(METHODS)}")
+
+
+def resolve_target(target: str, logits: np.ndarray, classes: Sequence[str]):
+    """The target to explain: the text as given, or the predicted class when empty."""
+    t = (target or "").strip()
+    if t:
+        return t, t
+    k = int(np.argmax(logits))
+    name = classes[k] if classes and k < len(classes) else str(k)
+    return f"class:{k}", f"class:{k} ({name}, the predicted class)"
+
+
+def attribute_image(model, x: torch.Tensor, methods: Sequence[str], target: str, layer: str = "",
+                    classes: Sequence[str] = (), threshold: float = 0.5, net=None) -> AttributionResult:
+    """Run ``methods`` on one model input ``x`` [1, C, H, W]. One method's error (e.g. CAM on a model
+    without a GAP -> Linear head) is reported in its panel; the others still run. ``net``: ``model``'s
+    traced working copy when the caller keeps one (tracing is the slow part for a big model)."""
+    from viscnn.attribution.base import traced
+    from viscnn.attribution.crop import gradcam_crop
+
+    with torch.no_grad():
+        logits = model(x)
+    logits = (logits[0] if isinstance(logits, (tuple, list)) else logits).reshape(-1).numpy()
+    tgt, shown = resolve_target(target, logits, classes)
+    out: List[MapResult] = []
+    cam_map = None
+    used_layer = layer
+    net = net if net is not None else traced(model)
+    from viscnn.attribution.saliency import Gradient
+
+    Gradient(net, classes=list(classes) or None).targets(tgt, x)  # a bad target is one error for all methods
+    for m in methods:
+        if m not in METHODS:
+            out.append(MapResult(m, m, None, True, f"unknown method {m!r}"))
+            continue
+        label, _, what = METHODS[m]
+        try:
+            meth, kw = _make(m, net, layer, list(classes) or None)
+            a = meth.attribute(x, tgt, **kw).detach().double().numpy()[0]
+        except ViscnnError as e:
+            out.append(MapResult(m, label, None, True, str(e)))
+            continue
+        signed = bool(meth.signed)
+        if a.ndim == 3 and a.shape[0] == 1:
+            m2 = a[0]
+        else:
+            m2 = a.sum(0) if signed else np.abs(a).max(0)
+        if m == "gradcam":
+            cam_map = torch.from_numpy(m2.reshape(1, 1, *m2.shape))
+            used_layer = meth.layer_for(tuple(x.shape[1:]))[0]
+        elif m == "cam":
+            what = f"{what}; features of {meth.layer}"
+        out.append(MapResult(m, label, m2, signed, what))
+    box = mask = None
+    if cam_map is not None:
+        c = gradcam_crop(x.double(), cam_map, threshold)
+        y0, x0, y1, x1 = (int(v) for v in c.boxes[0])
+        box = (y0, x0, y1, x1) if y1 > y0 else None
+        mask = c.mask[0, 0].numpy()
+    return AttributionResult(out, shown, used_layer, box, mask)
