@@ -1,15 +1,14 @@
-"""The Artifact debugging view: not built yet (see ``viscnn.app.views.placeholder``)."""
+"""The Artifacts view: mean feature maps under baseline inputs, the drill-down, mean input patch vs mean
+kernel, the padding audit, and the same at a second input size (Alsallakh et al.'s debugger)."""
 
 from __future__ import annotations
 
-from viscnn.app.views.placeholder import placeholder_layout
+from viscnn.app.views.artifacts.layout import PARAMS, layout  # noqa: F401
 
 VIEW = "artifacts"
 
 
-def layout(models):
-    return placeholder_layout(VIEW, "Artifact debugging", "mean feature maps under baseline inputs (random, zero, black, white, stimuli), drill-down to channels, mean input patch against mean kernel, and a padding audit")
-
-
 def register(app, actx, manager) -> None:
-    """No callbacks yet."""
+    from viscnn.app.views.artifacts import callbacks
+
+    callbacks.register(app, actx)

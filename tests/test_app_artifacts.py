@@ -1,0 +1,68 @@
+"""The Artifacts view without a browser: props for a state, the compare size, bad input."""
+
+import numpy as np
+import pytest
+
+from app_fixture import make_prepped
+from viscnn.errors import ViscnnError
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from viscnn.app.server import create_app
+
+    root = tmp_path_factory.mktemp("artview")
+    make_prepped(root, "tiny")
+    return create_app(root, "tiny", cache_dir=root / "cache")
+
+
+def _walk(c):
+    if isinstance(c, (list, tuple)):
+        for x in c:
+            yield from _walk(x)
+        return
+    if c is None or isinstance(c, (str, int, float)):
+        return
+    yield c
+    yield from _walk(getattr(c, "children", None))
+
+
+def test_strip_drill_patches_padding(app):
+    from viscnn.app.views.artifacts.callbacks import _analysis, artifacts_props
+
+    actx = app.viscnn
+    s = dict(actx.defaults("tiny"), view="artifacts", baseline="random:4", dscale="permap")
+    p = artifacts_props(actx, s)
+    pm = actx.prepped("tiny")
+    convs = [l.name for l in pm.graph.layers if l.kind == "conv"]
+    a = _analysis(actx, "tiny", s, tuple(pm.input_shape[1:]))
+    assert [m.layer for m in a.mean_maps] == convs and a.mean_maps[0].images == 4
+    body = list(_walk(p["art-body"]["children"]))
+    imgs = [c for c in body if type(c).__name__ == "Img"]
+    # one tile per layer, one per drilled channel (at most 64), two per conv in the patch table
+    n_drill = min(64, a.drill.maps.shape[0])
+    assert len(imgs) == len(convs) + n_drill + 2 * len(a.patches)
+    assert all(i.src.startswith("data:image/png;base64,") for i in imgs)
+    tables = [c for c in body if type(c).__name__ == "DataTable"]
+    assert len(tables) == 1 and len(tables[0].data) == len(a.padding["padding"])
+    # the drill-down is ordered by its artifact score
+    sc = [a.drill_scores[c] for c in a.drill_order]
+    assert sc == sorted(sc, reverse=True)
+
+
+def test_compare_size_and_errors(app):
+    from viscnn.app.views.artifacts.callbacks import artifacts_props, parse_size
+
+    actx = app.viscnn
+    s = dict(actx.defaults("tiny"), view="artifacts", cmpsize="29x29")
+    p = artifacts_props(actx, s)
+    heads = [c.children for c in _walk(p["art-body"]["children"]) if type(c).__name__ == "H4"]
+    assert any(h.startswith("Side by side with 29×29") for h in heads)
+    assert any(h.startswith("Padding audit at 29×29") for h in heads)
+    assert parse_size("30") == (30, 30) and parse_size(" 29 x 31 ") == (29, 31) and parse_size("") is None
+    with pytest.raises(ViscnnError, match="compare size"):
+        parse_size("big")
+    with pytest.raises(ViscnnError, match="no conv layer"):
+        artifacts_props(actx, dict(s, drill="nope"))
+    with pytest.raises(ViscnnError):
+        artifacts_props(actx, dict(s, cmpsize="", baseline="stimulus:triangle"))
