@@ -84,3 +84,30 @@ def _walk(c):
         return
     yield c
     yield from _walk(getattr(c, "children", None))
+
+
+def test_compare_view_across_models_and_sizes(tmp_path):
+    from viscnn.app.server import create_app
+    from viscnn.app.views.compare.callbacks import compare_props
+
+    make_prepped(tmp_path, "tiny")
+    make_prepped(tmp_path, "tiny2")
+    sd = torch.load(tmp_path / "tiny2" / "weights.pt", weights_only=True)  # the fixture's net is seeded: retrain it by hand
+    torch.manual_seed(5)
+    torch.save({k: v + 0.3 * torch.randn_like(v) if v.is_floating_point() else v for k, v in sd.items()},
+               tmp_path / "tiny2" / "weights.pt")
+    make_prepped(tmp_path, "big", input_shape=(1, 32, 32))  # another input shape: listed as not compared
+    app = create_app(tmp_path, "tiny", cache_dir=tmp_path / "cache")
+    actx = app.viscnn
+    s = dict(actx.defaults("tiny"), view="compare", cmethod="gradient", csize="40x40", cscale="raw")
+    p = compare_props(actx, s)
+    graphs = [c for c in _walk(p["cmp-body"]["children"]) if type(c).__name__ == "Graph"]
+    titles = [g.figure["layout"]["title"]["text"] for g in graphs]
+    assert len(graphs) == 3 and titles[0].startswith("tiny (this model)") and titles[1].startswith("tiny2")
+    assert titles[2].startswith("tiny at 40×40") and len(graphs[2].figure["data"][0]["z"]) == 40
+    assert "big (1x32x32)" in p["cmp-info"]["children"]
+    lims = {g.figure["data"][0]["zmax"] for g in graphs}
+    assert len(lims) == 1  # raw: one shared scale
+    # the two models differ (different weights), so the comparison shows something
+    z0, z1 = (np.asarray(g.figure["data"][0]["z"]) for g in graphs[:2])
+    assert not np.allclose(z0, z1)

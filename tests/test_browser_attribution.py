@@ -43,3 +43,17 @@ def test_attribution_bad_target_keeps_maps(page):
     page.wait_for_function("() => document.querySelector('#attr-msg').innerText.length > 0")
     assert "nonsense" in page.inner_text("#attr-msg")
     assert n_heatmaps(page) == 1  # the last good maps stay
+
+
+def test_compare_view(page):
+    page.click("#tab-compare")
+    page.wait_for_function("location.search.includes('view=compare')")
+    page.wait_for_function("() => document.querySelectorAll('#cmp-body .js-plotly-plot').length >= 1")
+    n = page.evaluate("() => document.querySelectorAll('#cmp-body .js-plotly-plot').length")
+    page.fill("#cmp-size", "56x56")
+    page.press("#cmp-size", "Enter")
+    page.wait_for_function("(n) => document.querySelectorAll('#cmp-body .js-plotly-plot').length === n + 1", arg=n)
+    assert page.evaluate("() => [...document.querySelectorAll('#cmp-body .gtitle')].some(t => t.textContent.includes('at 56×56'))")
+    page.click("#cmp-scale label:has-text('raw')")
+    page.wait_for_function("new URLSearchParams(location.search).get('cscale') === 'raw'")
+    page.wait_for_function("() => document.querySelector('#cmp-info').innerText.includes('one scale')")

@@ -116,6 +116,12 @@ def initial_props(actx, search: str = "") -> Dict[str, dict]:
     props.update(view_props(s.get("view", "circuit")))
     props.update(out)
     props.update({"state": {"data": s}, "gallery": {"children": gallery_children(actx, s)}})
+    try:  # the input image is in the first paint of every view, not only after the panel callback
+        from viscnn.app.figures.panels import image_figure
+
+        props["input-fig"] = {"figure": image_figure(actx.image(s["model"], s["image"]), title=s["image"].split(":", 1)[-1])}
+    except ViscnnError:
+        pass
     return props
 
 

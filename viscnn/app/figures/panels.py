@@ -46,7 +46,9 @@ def heatmap(m: np.ndarray, title: str = "", diverging: bool = True, height: int 
     m = np.asarray(m, np.float64)
     if m.ndim != 2:
         m = m.reshape(1, -1)
-    tr = {"type": "heatmap", "z": np.round(m, 4).tolist(), "showscale": True,
+    scale = float(np.nanmax(np.abs(m))) if m.size and np.isfinite(m).any() else 0.0
+    scale = scale if scale > 0 else 1.0  # 4 significant digits of the largest value (small gradients too)
+    tr = {"type": "heatmap", "z": (np.round(m / scale, 4) * scale).tolist(), "showscale": True,
           "colorbar": {"thickness": 10, "len": 0.9, "title": {"text": colorbar_title, "side": "right"}},
           "hovertemplate": "y=%{y} x=%{x}: %{z:.4g}<extra></extra>"}
     if diverging:

@@ -1,15 +1,14 @@
-"""The Model comparison view: not built yet (see ``viscnn.app.views.placeholder``)."""
+"""The Compare view: one attribution method on the current image across every prepped model in the
+folder that takes it, and the current model at a second input size (the "journey"'s comparison)."""
 
 from __future__ import annotations
 
-from viscnn.app.views.placeholder import placeholder_layout
+from viscnn.app.views.compare.layout import PARAMS, layout  # noqa: F401
 
 VIEW = "compare"
 
 
-def layout(models):
-    return placeholder_layout(VIEW, "Model comparison", "the same input image and target side by side across the prepped models")
-
-
 def register(app, actx, manager) -> None:
-    """No callbacks yet."""
+    from viscnn.app.views.compare import callbacks
+
+    callbacks.register(app, actx)
