@@ -111,3 +111,28 @@ def test_compare_view_across_models_and_sizes(tmp_path):
     # the two models differ (different weights), so the comparison shows something
     z0, z1 = (np.asarray(g.figure["data"][0]["z"]) for g in graphs[:2])
     assert not np.allclose(z0, z1)
+
+
+def test_node_panel_deconvnet_of_the_node(tmp_path):
+    """The node panel back-projects the node from the input image and from each of its exemplars."""
+    from viscnn.app import activations as A
+    from viscnn.app.callbacks_panels import node_panel
+    from viscnn.app.server import create_app
+
+    make_prepped(tmp_path, "tiny")
+    for f in (tmp_path / "tiny" / "exemplars").glob("*.npy"):  # whole 28x28 inputs, as prep stores them
+        e = np.load(f)
+        np.save(f, np.random.default_rng(0).integers(0, 256, (e.shape[0], 3, 28, 28, 3), dtype=np.uint8))
+    actx = create_app(tmp_path, "tiny", cache_dir=tmp_path / "cache").viscnn
+    s = actx.defaults("tiny")
+    pm = actx.prepped("tiny")
+    g = pm.graph
+    layer = next(l for l in g.layers if l.kind == "conv")
+    acts = A.run(pm, s["image"], actx.image("tiny", s["image"]))
+    kids = node_panel(actx, s, layer.node_offset, acts, np.zeros(g.num_edges, np.float32))
+    block = next(k for k in kids if any(getattr(c, "children", None) == "DeconvNet of this node"
+                                        for c in _walk(getattr(k, "children", None))))
+    imgs = [c for c in _walk(block.children) if type(c).__name__ == "Img"]
+    ex = pm.exemplars(layer.name)
+    assert len(imgs) == 1 + ex.shape[1] == 4
+    assert all(i.src.startswith("data:image/png") for i in imgs)

@@ -87,6 +87,7 @@ def node_panel(actx, s, node: int, acts, edge_scores):
                 [html.Img(src=routes.ex_url(name, node, k)) for k in range(ex.shape[1])] if ex is not None
                 else [html.I("not prepped")], className="thumbs")]),
         ], className="row"))
+        kids.append(deconv_block(actx, s, layer, int(g.node_channel[node]), ex))
         kids.append(html.H4("Top incoming edges"))
         for e in P.top_incoming(g, node, edge_scores, 5):
             src = int(g.links[np.searchsorted(g.links[:, 0], e), 1])
@@ -101,6 +102,34 @@ def node_panel(actx, s, node: int, acts, edge_scores):
                             id={"type": "pick-edge", "edge": e}, className="link"),
             ], className="edge-row"))
     return kids
+
+
+def deconv_block(actx, s, layer, channel: int, ex) -> html.Div:
+    """DeconvNet of this node (its strongest position) on the input image and on its dataset exemplars,
+    each with the picture it explains: what in each image drives the unit (Zeiler & Fergus, Fig. 2)."""
+    from viscnn.app.views.attribution.callbacks import _nets
+    from viscnn.app.views.attribution.compute import unit_deconvnet
+
+    pm = actx.prepped(s["model"])
+    imgs = [actx.image(s["model"], s["image"])]
+    note = ""
+    if ex is not None and tuple(ex.shape[2:4]) == tuple(pm.input_shape[1:]):
+        imgs += [np.asarray(ex[channel, k]) for k in range(ex.shape[1])]
+    elif ex is not None:
+        note = (f"The exemplars are {ex.shape[2]}x{ex.shape[3]} crops, not whole inputs: back-projected on the "
+                "input image only.")
+    try:
+        _, net = _nets(actx, s["model"], None, "full")
+        maps = unit_deconvnet(net, pm, layer.name, channel, imgs)
+    except ViscnnError as e:
+        return html.Div(f"DeconvNet: {e}", className="warn")
+    lim = max(float(np.abs(m).max()) for m in maps) or 1.0
+    up = max(1, 56 // max(maps[0].shape))
+    cells = [html.Div([html.Img(src=P.data_uri(P.png_bytes(P.kernel_rgb(m, scale=lim, upscale=up))), title="DeconvNet (red = positive, blue = negative, one scale)"),
+                       html.Div("input" if i == 0 else f"exemplar {i}", className="muted")]) for i, m in enumerate(maps)]
+    return html.Div([html.H4("DeconvNet of this node", title="Each image back-projected from this unit's strongest "
+                             "position, with every other activation of the layer zeroed; one colour scale"),
+                     html.Div(cells, className="thumbs row"), html.Div(note, className="muted")])
 
 
 def edge_panel(actx, s, e: int, acts, edge_scores):

@@ -132,3 +132,21 @@ def attribute_image(model, x: torch.Tensor, methods: Sequence[str], target: str,
         box = (y0, x0, y1, x1) if y1 > y0 else None
         mask = c.mask[0, 0].numpy()
     return AttributionResult(out, shown, used_layer, box, mask)
+
+
+def unit_deconvnet(net, pm, layer: str, channel: int, images: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """Zeiler & Fergus's figure for one unit: DeconvNet of the unit's strongest activation in each image
+    (uint8 pictures, as the prepped model sees them), as 2D maps (channel sum, signed)."""
+    from viscnn.app.activations import to_tensor
+    from viscnn.attribution.deconvnet import Deconvolution, deconvnet_of_unit
+
+    c = pm.input_shape[0]
+    xs = []
+    for a in images:
+        a = np.asarray(a)
+        if c == 1 and a.ndim == 3:
+            a = a.mean(-1).round().astype(np.uint8)  # exemplars are stored as RGB
+        xs.append(to_tensor(a, pm))
+    d = Deconvolution(net)
+    out = deconvnet_of_unit(d, torch.cat(xs), layer, channel).detach().double().numpy()
+    return [o.sum(0) for o in out]
