@@ -205,3 +205,26 @@ def test_circuit_command(tmp_path, capsys):
     assert d["faithfulness"]["images"] == 12
     rc = main(["circuit", "--model", f"{pyfile}:make", "--target", "unit:c9:1", "--images", "random:4", "--input-size", "8", "8", "--mass", "0.9"])
     assert rc == 2 and "unknown layer 'c9'" in capsys.readouterr().err
+    # a threshold that leaves no path to the target says so
+    rc = main(["circuit", "--model", f"{pyfile}:make", "--target", "unit:c2:1", "--images", "random:4",
+               "--input-size", "8", "8", "--min-score", "1e9", "--random-circuits", "1"])
+    io = capsys.readouterr()
+    assert rc == 0 and "0 nodes" in io.out and "circuit is empty" in io.err
+
+
+def test_random_circuits_reach_the_target_class():
+    """A random circuit's class-layer kernels go into the classes the circuit reaches, as many per layer."""
+    from viscnn.importance.faithfulness import random_edges
+
+    m = Tiny().eval()
+    g = build_graph(m, (8, 8), include_classes=True)
+    circ = np.array([g.edge_index("c1", 0, 0), g.edge_index("c2", 1, 0), g.edge_index("c2", 3, 0),
+                     g.edge_index("fc", 1, 1), g.edge_index("fc", 1, 3)])
+    fc = g.layer("fc") if hasattr(g, "layer") else next(l for l in g.layers if l.name == "fc")
+    for seed in range(20):
+        r = random_edges(g, circ, np.random.default_rng(seed))
+        assert len(r) == len(circ)
+        in_fc = r[(r >= fc.edge_offset) & (r < fc.edge_offset + fc.num_edges)]
+        assert len(in_fc) == 2 and set(g.node_channel[g.edge_target[in_fc]].tolist()) == {1}
+        assert np.bincount(g.edges[r, 0], minlength=len(g.layers)).tolist() == \
+            np.bincount(g.edges[circ, 0], minlength=len(g.layers)).tolist()

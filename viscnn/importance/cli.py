@@ -94,6 +94,11 @@ def run(args) -> int:
     print(f"circuit for {target} on {rep['images']} images ({args.metric}, {circuit.settings['rule']}): "
           f"{len(circuit.nodes)} nodes, {len(circuit.edges)} of {graph.num_edges} kernels "
           f"({100 * len(circuit.edges) / max(graph.num_edges, 1):.2f}%)")
+    if not len(circuit.edges):
+        import sys
+
+        print("warning: the circuit is empty: no path from the input to the target survives this threshold; "
+              "loosen it (a larger --keep or --mass, a lower --min-score)", file=sys.stderr)
     print(f"faithfulness   pearson {fmt(f['pearson'])}  spearman {fmt(f['spearman'])}  relative error {fmt(f['relative_error'])}")
     print(f"random x{args.random_circuits:<3}   pearson {fmt(r['pearson'])}  spearman {fmt(r['spearman'])}  "
           f"relative error {fmt(r['relative_error'])}  (mean of random circuits with the same kernels per layer)")

@@ -40,12 +40,19 @@ def masked_model(model: nn.Module, graph: Graph, edges: np.ndarray) -> nn.Module
 
 
 def random_edges(graph: Graph, circuit_edges: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random kernels, as many per layer as the circuit has."""
-    lay = graph.edges[np.asarray(circuit_edges, np.int64), 0]
+    """Random kernels, as many per layer as the circuit has. In the class layer they are drawn only
+    among the kernels into the classes the circuit reaches (its target), so that a random circuit is
+    not cut off from the target by construction, which would make it easy to beat."""
+    ce = np.asarray(circuit_edges, np.int64)
+    lay = graph.edges[ce, 0]
     out = []
     for li, n in zip(*np.unique(lay, return_counts=True)):
         l = graph.layers[int(li)]
-        out.append(l.edge_offset + rng.choice(l.num_edges, size=int(n), replace=False))
+        pool = np.arange(l.num_edges)
+        if l.kind == "linear":
+            reached = np.unique(graph.edge_target[ce[lay == li]])
+            pool = pool[np.isin(graph.edge_target[l.edge_offset + pool], reached)]
+        out.append(l.edge_offset + rng.choice(pool, size=int(n), replace=False))
     return np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
 
 
