@@ -79,7 +79,8 @@ def _optional_commands():
 
     out = []
     for mod, fn in (("viscnn.importance.cli", "add_circuit_cmd"), ("viscnn.prep.cli", "add_prep_cmd"),
-                    ("viscnn.app.cli", "add_serve_cmd"), ("viscnn.featurevis.cli", "add_featurevis_cmd")):
+                    ("viscnn.app.cli", "add_serve_cmd"), ("viscnn.featurevis.cli", "add_featurevis_cmd"),
+                    ("viscnn.artifacts.cli", "add_artifacts_cmd"), ("viscnn.attribution.cli", "add_attribute_cmd")):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:
