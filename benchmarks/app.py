@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-GOAL_MS, GOAL_MB, GOAL_PAINT = 150.0, 2.0, 3.0
+GOAL_MS, GOAL_MB, GOAL_PAINT = 150.0, 2.0, 2.0  # issue 11: first paint <= 2.0 s
 
 
 def _callback_key(app, needle: str) -> str:
