@@ -1,0 +1,39 @@
+"""Method names (the CLI's ``--method``, the app's picker) -> classes, and one constructor."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Type
+
+from viscnn.attribution.base import Attribution, ModelLike
+from viscnn.attribution.cam import CAM
+from viscnn.attribution.deconvnet import Deconvolution
+from viscnn.attribution.gradcam import GradCAM
+from viscnn.attribution.guided_backprop import GuidedBackprop
+from viscnn.attribution.guided_gradcam import GuidedGradCAM
+from viscnn.attribution.saliency import Gradient, InputXGradient, Saliency
+from viscnn.errors import ViscnnError
+
+METHODS: Dict[str, Type[Attribution]] = {
+    "saliency": Saliency, "gradient": Gradient, "input_x_gradient": InputXGradient,
+    "deconvnet": Deconvolution, "guided_backprop": GuidedBackprop,
+    "gradcam": GradCAM, "guided_gradcam": GuidedGradCAM, "cam": CAM,
+}
+ALIASES = {"grad_x_input": "input_x_gradient", "deconvolution": "deconvnet", "guided": "guided_backprop",
+           "grad_cam": "gradcam", "guided_grad_cam": "guided_gradcam"}
+LAYERED = ("gradcam", "guided_gradcam")  # methods that take a layer
+
+
+def canonical(name: str) -> str:
+    key = str(name).strip().lower().replace("-", "_")
+    key = ALIASES.get(key, key)
+    if key not in METHODS:
+        raise ViscnnError(f"unknown attribution method {name!r}; methods: {', '.join(METHODS)}, gradcam_crop")
+    return key
+
+
+def make_method(name: str, model: ModelLike, layer: Optional[str] = None, classes=None, device=None) -> Attribution:
+    """An attribution method by name; ``layer`` is used by the Grad-CAM methods only."""
+    key = canonical(name)
+    if key in LAYERED:
+        return METHODS[key](model, layer=layer, classes=classes, device=device)
+    return METHODS[key](model, classes=classes, device=device)
