@@ -108,6 +108,18 @@ def test_compare_view_across_models_and_sizes(tmp_path):
     assert "big (1x32x32)" in p["cmp-info"]["children"]
     lims = {g.figure["data"][0]["zmax"] for g in graphs}
     assert len(lims) == 1  # raw: one shared scale
+    # weight pictures: the first conv of each compared model and of this model with random weights
+    imgs = [c for c in _walk(p["cmp-body"]["children"]) if type(c).__name__ == "Img"]
+    assert len(imgs) == 3 and all(i.src.startswith("data:image/png") for i in imgs)
+    assert len({i.src for i in imgs}) == 3
+    from viscnn.app.activations import get_model
+    from viscnn.app.views.compare.callbacks import random_copy
+
+    m = get_model(actx.prepped("tiny"))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    r = random_copy(m)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())  # the app's model is untouched
+    assert not torch.equal(next(r.parameters()), next(m.parameters()))
     # the two models differ (different weights), so the comparison shows something
     z0, z1 = (np.asarray(g.figure["data"][0]["z"]) for g in graphs[:2])
     assert not np.allclose(z0, z1)

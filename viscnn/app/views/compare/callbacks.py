@@ -25,6 +25,44 @@ def _resized(arr: np.ndarray, hw) -> np.ndarray:
     return np.asarray(Image.fromarray(a).resize((hw[1], hw[0]), Image.BILINEAR))
 
 
+def random_copy(model, seed: int = 1):
+    """A copy of ``model`` with freshly initialised weights (its own ``reset_parameters``, seeded): the
+    "random weights" baseline the journey compares trained filters with."""
+    import copy
+
+    import torch
+
+    m = copy.deepcopy(model)
+    g = torch.random.fork_rng()
+    with g:
+        torch.manual_seed(seed)
+        for mod in m.modules():
+            if hasattr(mod, "reset_parameters"):
+                mod.reset_parameters()
+    return m
+
+
+def weight_pictures(models) -> html.Div:
+    """The first conv layer of each ``(title, model)``: RGB filters (each normalised on its own) for
+    3-channel inputs, else grey kernel tiles on one symmetric scale per layer (0.5 grey = 0)."""
+    from viscnn.app.figures.panels import data_uri, png_bytes
+    from viscnn.attribution.render import to_uint8
+    from viscnn.attribution.weights import first_conv, kernel_tiles, rgb_filter_grid
+
+    cells = []
+    for title, m in models:
+        name, conv = first_conv(m)
+        pic = rgb_filter_grid(m, name, cols=8) if conv.in_channels == 3 else kernel_tiles(m, name, normalize="layer")
+        a = to_uint8(pic)
+        up = max(1, 160 // max(a.shape[:2]))
+        a = a.repeat(up, 0).repeat(up, 1)
+        cells.append(html.Div([html.Img(src=data_uri(png_bytes(a)), className="art-tile"),
+                               html.Div(f"{title}: {name}", className="muted")], className="attr-cell"))
+    return html.Div([html.H4("Weights of the first conv layer", title="RGB filters each normalised on its own; grey "
+                             "tiles (one per output x input channel) on one scale per layer, 0.5 grey = 0"),
+                     html.Div(cells, className="row attr-row")])
+
+
 def compare_props(actx, s: dict) -> Dict[str, dict]:
     from viscnn.app.activations import get_model, to_tensor
     from viscnn.app.views.attribution.callbacks import _nets
@@ -77,7 +115,13 @@ def compare_props(actx, s: dict) -> Dict[str, dict]:
             + (f". Not compared (another input shape): {', '.join(skipped)}" if skipped else "")
             + (". Only one prepped model takes this image: prep another (or set a second input size) to compare."
                if len(runs) == 1 else ""))
-    return {"cmp-body": {"children": html.Div(cells, className="row attr-row")}, "cmp-info": {"children": info},
+    wmodels = [(t, _nets(actx, mn, None, "full")[0]) for t, mn, _ in runs if " at " not in t]
+    wmodels.append((f"{name} with random weights", random_copy(get_model(pm))))
+    try:
+        weights = weight_pictures(wmodels)
+    except ViscnnError as e:
+        weights = html.Div(f"weight pictures: {e}", className="warn")
+    return {"cmp-body": {"children": [html.Div(cells, className="row attr-row"), weights]}, "cmp-info": {"children": info},
             "cmp-msg": {"children": ""}}
 
 
