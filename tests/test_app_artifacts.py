@@ -66,3 +66,18 @@ def test_compare_size_and_errors(app):
         artifacts_props(actx, dict(s, drill="nope"))
     with pytest.raises(ViscnnError):
         artifacts_props(actx, dict(s, cmpsize="", baseline="stimulus:triangle"))
+
+
+def test_compare_with_another_prepped_model(tmp_path):
+    from viscnn.app.server import create_app
+    from viscnn.app.views.artifacts.callbacks import artifacts_props
+
+    make_prepped(tmp_path, "tiny")
+    make_prepped(tmp_path, "big", input_shape=(1, 32, 32))
+    actx = create_app(tmp_path, "tiny", cache_dir=tmp_path / "cache").viscnn
+    p = artifacts_props(actx, dict(actx.defaults("tiny"), view="artifacts", cmpmodel="big"))
+    heads = [c.children for c in _walk(p["art-body"]["children"]) if type(c).__name__ == "H4"]
+    assert any(h.startswith("Side by side with big at 32×32") for h in heads), heads
+    assert any(h.startswith("Padding audit at 32×32") for h in heads)
+    with pytest.raises(ViscnnError, match="no prepped model"):
+        artifacts_props(actx, dict(actx.defaults("tiny"), view="artifacts", cmpmodel="nope"))

@@ -27,3 +27,15 @@ def test_artifacts_view(page):
     page.press("#art-cmpsize", "Enter")
     page.wait_for_function("() => document.querySelector('#art-msg').innerText.includes('compare size')")
     assert page.locator("#art-padding").count() == 1
+
+
+def test_artifacts_click_drills_down_and_compare_model(page):
+    page.goto(page.url.split("?")[0] + "?model=fmnist&view=artifacts")
+    page.wait_for_selector("#art-body img.art-tile")
+    first = page.locator(".art-cell.clickable").first
+    layer = first.locator("b").inner_text().split(" ")[0]
+    first.click()
+    page.wait_for_function("(l) => new URLSearchParams(location.search).get('drill') === l", arg=layer)
+    page.wait_for_function("(l) => document.querySelector('#art-body').innerText.includes('Drill-down: ' + l + ' ')", arg=layer)
+    models = page.evaluate("() => [...document.querySelectorAll('#art-cmpmodel')].length")
+    assert models == 1

@@ -9,7 +9,7 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from dash import Input, Output, dash_table, html, no_update
+from dash import ALL, Input, Output, ctx, dash_table, html, no_update
 
 from viscnn.app.figures.colors import diverging_css, symmetric_limit
 from viscnn.errors import ViscnnError
@@ -72,9 +72,10 @@ def _strip(a, lim_all: Optional[float] = None) -> html.Div:
     cells = []
     for m, sc in zip(a.mean_maps, a.layer_scores):
         mark = f" ↓{m.stride[0]}" if max(m.stride) > 1 else ""
-        cells.append(html.Div([tile(m.map, lim_all, 96, f"{m.layer}: {a.score_name} {sc:.3g}"),
+        cells.append(html.Div([tile(m.map, lim_all, 96, f"{m.layer}: click to drill down"),
                                html.Div(html.B(m.layer + mark)), html.Div(m.title, className="muted"),
-                               html.Div(f"{a.score_name} {sc:.3g}", className="muted")], className="art-cell"))
+                               html.Div(f"{a.score_name} {sc:.3g}", className="muted")], className="art-cell clickable",
+                              id={"type": "art-layer", "layer": m.layer}, n_clicks=0))
     return html.Div(cells, className="row art-row")
 
 
@@ -129,7 +130,7 @@ def _padding(rep: dict, hw, id_: str) -> html.Div:
                      _padding_table(rep, id_)])
 
 
-def _compare(a, b, hw_b) -> html.Div:
+def _compare(a, b, hw_b, label: str = "") -> html.Div:
     from viscnn.artifacts.compare import compare_mean_maps
 
     rows = compare_mean_maps(a.mean_maps, b.mean_maps)
@@ -140,7 +141,8 @@ def _compare(a, b, hw_b) -> html.Div:
             [tile(r["a"], lim, 72, "this size"), tile(r["b_resized"], lim, 72, f"{hw_b[0]}×{hw_b[1]}" + (" (resized)" if r["resized"] else "")),
              tile(r["diff"], lim, 72, "difference")], className="row"),
             html.Div(f"max |diff| {r['max_abs_diff']:.3g} on ±{lim:.3g}", className="muted")], className="art-cell wide"))
-    return html.Div([html.H4(f"Side by side with {hw_b[0]}×{hw_b[1]}: mean maps (this size, the other, their difference; one "
+    label = label or f"{hw_b[0]}×{hw_b[1]}"
+    return html.Div([html.H4(f"Side by side with {label}: mean maps (this size, the other, their difference; one "
                              "colour scale per layer)"), html.Div(cells, className="row art-row"),
                      _padding(b.padding, hw_b, "art-padding-b")])
 
@@ -161,6 +163,15 @@ def artifacts_props(actx, s: dict) -> Dict[str, dict]:
                   _drill(a, s.get("dscale", "shared")), _patches(a), _padding(a.padding, hw, "art-padding")]
     if other:
         body.append(_compare(a, _analysis(actx, name, s, other), other))
+    elif s.get("cmpmodel"):
+        om = s["cmpmodel"]
+        if om not in actx.models():
+            raise ViscnnError(f"no prepped model {om!r} to compare with")
+        po = actx.prepped(om)
+        if po.input_shape[0] != pm.input_shape[0]:
+            raise ViscnnError(f"{om} takes {po.input_shape[0]} input channels, {name} {pm.input_shape[0]}")
+        hw_o = tuple(po.input_shape[1:])
+        body.append(_compare(a, _analysis(actx, om, dict(s, drill=""), hw_o), hw_o, f"{om} at {hw_o[0]}×{hw_o[1]}"))
     n = a.mean_maps[0].images if a.mean_maps else 0
     info = [f"{name} at {hw[0]}×{hw[1]}: {len(a.mean_maps)} conv layers; mean maps over {n} input(s) of '{a.baseline}'; "
             f"artifact score = {a.score_name}; ↓2 marks a downsampling layer. Colours: ",
@@ -171,6 +182,14 @@ def artifacts_props(actx, s: dict) -> Dict[str, dict]:
 
 
 def register(app, actx) -> None:
+    @app.callback(Output("art-drill", "value", allow_duplicate=True), Input({"type": "art-layer", "layer": ALL}, "n_clicks"),
+                  prevent_initial_call=True)
+    def drill_on_click(clicks):
+        trig = ctx.triggered_id
+        if not isinstance(trig, dict) or not any(clicks or []):
+            return no_update  # a re-render of the strip, not a click
+        return trig["layer"]
+
     @app.callback([Output(c, p) for c, p in OUTPUTS], Input("state", "data"))
     def update(s):
         if not s or s.get("view") != "artifacts":

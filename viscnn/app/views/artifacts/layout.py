@@ -16,6 +16,7 @@ PARAMS = [
     Param("drill", "art-drill", "value", ""),
     Param("dscale", "art-dscale", "value", "shared", "choice", ("shared", "permap")),
     Param("cmpsize", "art-cmpsize", "value", ""),
+    Param("cmpmodel", "art-cmpmodel", "value", ""),
 ]
 
 
@@ -44,6 +45,11 @@ def layout(models) -> html.Div:
                                 style={"width": "90px"})],
                      className="field", title="A second input size (HxW): padding and mean maps side by side, with "
                                               "their difference on one colour scale"),
+            html.Div([html.Label("or with model", htmlFor="art-cmpmodel"),
+                      dcc.Dropdown(id="art-cmpmodel", value="", clearable=False, style={"width": "200px"},
+                                   options=[{"label": "none", "value": ""}] + [{"label": m, "value": m} for m in models])],
+                     className="field", title="Another prepped model at its own input size (layers paired by name, "
+                                              "else by position; maps of other sizes resized)"),
         ], className="row"),
         html.Div(id="art-info", className="info"),
         html.Div(id="art-msg", className="warn"),
