@@ -44,22 +44,33 @@ def random_copy(model, seed: int = 1):
 
 def weight_pictures(models) -> html.Div:
     """The first conv layer of each ``(title, model)``: RGB filters (each normalised on its own) for
-    3-channel inputs, else grey kernel tiles on one symmetric scale per layer (0.5 grey = 0)."""
+    3-channel inputs; single-channel kernels on the diverging map (one symmetric scale per layer); else
+    grey kernel tiles (0.5 grey = 0)."""
     from viscnn.app.figures.panels import data_uri, png_bytes
     from viscnn.attribution.render import to_uint8
-    from viscnn.attribution.weights import first_conv, kernel_tiles, rgb_filter_grid
+    from viscnn.attribution.weights import conv_weight, first_conv, grid, kernel_tiles, rgb_filter_grid
 
     cells = []
     for title, m in models:
         name, conv = first_conv(m)
-        pic = rgb_filter_grid(m, name, cols=8) if conv.in_channels == 3 else kernel_tiles(m, name, normalize="layer")
+        if conv.in_channels == 3:
+            pic = rgb_filter_grid(m, name, cols=8)
+        elif conv.in_channels == 1:  # one kernel per filter: a square-ish grid, not a one-column strip
+            w = conv_weight(m, name)[1][:, 0]
+            lim = float(np.abs(w).max()) or 1.0
+            from viscnn.app.figures.colors import diverging_rgb
+
+            pic = grid(diverging_rgb(w / lim) / 255.0, int(np.ceil(np.sqrt(len(w)))), 1)  # signed: red/blue
+        else:
+            pic = kernel_tiles(m, name, normalize="layer")
         a = to_uint8(pic)
-        up = max(1, 160 // max(a.shape[:2]))
+        up = max(1, 200 // max(a.shape[:2]))
         a = a.repeat(up, 0).repeat(up, 1)
         cells.append(html.Div([html.Img(src=data_uri(png_bytes(a)), className="art-tile"),
                                html.Div(f"{title}: {name}", className="muted")], className="attr-cell"))
-    return html.Div([html.H4("Weights of the first conv layer", title="RGB filters each normalised on its own; grey "
-                             "tiles (one per output x input channel) on one scale per layer, 0.5 grey = 0"),
+    return html.Div([html.H4("Weights of the first conv layer", title="RGB filters each normalised on its own; one-channel "
+                             "kernels red = positive, blue = negative on one scale per layer; grey tiles (one per "
+                             "output x input channel) 0.5 grey = 0"),
                      html.Div(cells, className="row attr-row")])
 
 
