@@ -208,3 +208,15 @@ def start_server(models_dir, name: str, port: int, extra=(), timeout: float = 60
             time.sleep(0.3)
     proc.kill()
     raise RuntimeError("server did not start")
+
+
+def walk(c):
+    """Every Dash component under ``c`` (a component, a list of them, or None), depth first."""
+    if isinstance(c, (list, tuple)):
+        for x in c:
+            yield from walk(x)
+        return
+    if c is None or isinstance(c, (str, int, float)):
+        return
+    yield c
+    yield from walk(getattr(c, "children", None))

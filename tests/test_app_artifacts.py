@@ -1,9 +1,9 @@
 """The Artifacts view without a browser: props for a state, the compare size, bad input."""
 
-import numpy as np
 import pytest
 
 from app_fixture import make_prepped
+from app_fixture import walk as _walk
 from viscnn.errors import ViscnnError
 
 
@@ -14,17 +14,6 @@ def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("artview")
     make_prepped(root, "tiny")
     return create_app(root, "tiny", cache_dir=root / "cache")
-
-
-def _walk(c):
-    if isinstance(c, (list, tuple)):
-        for x in c:
-            yield from _walk(x)
-        return
-    if c is None or isinstance(c, (str, int, float)):
-        return
-    yield c
-    yield from _walk(getattr(c, "children", None))
 
 
 def test_strip_drill_patches_padding(app):

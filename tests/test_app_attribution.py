@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from app_fixture import make_prepped
+from app_fixture import walk as _walk
 from viscnn.app import state as st
 from viscnn.app.views.attribution.compute import METHODS, attribute_image
 
@@ -73,17 +74,6 @@ def test_same_maps_as_the_package():
     r = attribute_image(m, x, ["gradient"], "class:1")
     ref = Gradient(m).attribute(x, 1).detach().double().numpy()[0].sum(0)
     np.testing.assert_allclose(r.maps[0].map2d, ref, rtol=1e-6, atol=1e-9)
-
-
-def _walk(c):
-    if isinstance(c, (list, tuple)):
-        for x in c:
-            yield from _walk(x)
-        return
-    if c is None or isinstance(c, (str, int, float)):
-        return
-    yield c
-    yield from _walk(getattr(c, "children", None))
 
 
 def test_compare_view_across_models_and_sizes(tmp_path):

@@ -188,15 +188,18 @@ def load_weights(model: nn.Module, weights: PathLike) -> nn.Module:
     return model
 
 
-def prepped_input_shape(spec: str, models_dir: Optional[PathLike] = None) -> Optional[tuple]:
-    """(C, H, W) recorded in a prepped model's manifest, or None for other specs."""
+def prepped_manifest(spec: str, models_dir: Optional[PathLike] = None) -> Optional[dict]:
+    """A prepped model's manifest (classes, normalize, input_shape, ...), or None for other specs."""
     if ":" in spec or ".py" in spec:
         return None
     from viscnn.paths import default_models_dir
     import json
 
     manifest = (Path(models_dir) if models_dir else default_models_dir()) / spec / "manifest.json"
-    if not manifest.is_file():
-        return None
-    shape = json.loads(manifest.read_text()).get("input_shape")
+    return json.loads(manifest.read_text()) if manifest.is_file() else None
+
+
+def prepped_input_shape(spec: str, models_dir: Optional[PathLike] = None) -> Optional[tuple]:
+    """(C, H, W) recorded in a prepped model's manifest, or None for other specs."""
+    shape = (prepped_manifest(spec, models_dir) or {}).get("input_shape")
     return tuple(shape) if shape else None

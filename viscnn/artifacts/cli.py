@@ -69,15 +69,11 @@ def _context(spec: str, weights, models_dir, input_size, in_channels, mean=None,
     from viscnn.artifacts.analysis import IMAGENET
     from viscnn.errors import ViscnnError
     from viscnn.graph.build import infer_input_channels
-    from viscnn.model_spec import load_model, prepped_input_shape
-    from viscnn.paths import default_models_dir
+    from viscnn.model_spec import load_model, prepped_input_shape, prepped_manifest
 
     model = load_model(spec, weights, models_dir)
     shape = prepped_input_shape(spec, models_dir)
-    normalize = None
-    if shape is not None:
-        root = Path(models_dir) if models_dir else default_models_dir()
-        normalize = json.loads((root / spec / "manifest.json").read_text()).get("normalize")
+    normalize = (prepped_manifest(spec, models_dir) or {}).get("normalize")
     c = in_channels or (shape[0] if shape else infer_input_channels(model))
     hw = tuple(input_size) if input_size else (tuple(shape[1:]) if shape else (224, 224))
     if min(hw) < 1:

@@ -44,17 +44,12 @@ def add_attribute_cmd(sub) -> None:
 
 def _context(args):
     """(model, classes, normalize, prepped input shape or None), like ``viscnn circuit`` but without a graph."""
-    from viscnn.model_spec import load_model, prepped_input_shape
-    from viscnn.paths import default_models_dir
+    from viscnn.model_spec import load_model, prepped_input_shape, prepped_manifest
 
     model = load_model(args.model, args.weights, args.models_dir)
     shape = prepped_input_shape(args.model, args.models_dir)
-    classes, normalize = None, None
-    if shape is not None:
-        root = Path(args.models_dir) if args.models_dir else default_models_dir()
-        meta = json.loads((root / args.model / "manifest.json").read_text())
-        classes, normalize = meta.get("classes"), meta.get("normalize")
-    return model, classes, normalize, shape
+    meta = prepped_manifest(args.model, args.models_dir) or {}
+    return model, meta.get("classes"), meta.get("normalize"), shape
 
 
 def parse_cli_target(text):

@@ -38,19 +38,12 @@ def _model_context(args):
     """(model, graph, classes, normalize, input shape) for a model spec."""
     from viscnn.graph import build_graph
     from viscnn.graph.build import infer_input_channels
-    from viscnn.model_spec import load_model, prepped_input_shape
+    from viscnn.model_spec import load_model, prepped_input_shape, prepped_manifest
 
     model = load_model(args.model, args.weights, args.models_dir)
     shape = prepped_input_shape(args.model, args.models_dir)
-    classes, normalize = None, None
-    if shape is not None:
-        from pathlib import Path
-
-        from viscnn.paths import default_models_dir
-
-        root = Path(args.models_dir) if args.models_dir else default_models_dir()
-        meta = json.loads((root / args.model / "manifest.json").read_text())
-        classes, normalize = meta.get("classes"), meta.get("normalize")
+    meta = prepped_manifest(args.model, args.models_dir) or {}
+    classes, normalize = meta.get("classes"), meta.get("normalize")
     c = shape[0] if shape else infer_input_channels(model)
     hw = tuple(args.input_size) if args.input_size else (tuple(shape[1:]) if shape else (224, 224))
     from viscnn.errors import UnsupportedOperationError

@@ -23,3 +23,22 @@ def view_packages():
     from viscnn.app.views import artifacts, attribution, circuit, compare
 
     return {"circuit": circuit, "artifacts": artifacts, "attribution": attribution, "compare": compare}
+
+
+def register_view_props(app, actx, view: str, outputs, props, msg: str) -> None:
+    """One callback for a view drawn from the URL state: ``props(actx, state)`` -> {id: {prop: value}}
+    fills ``outputs`` while ``view`` is shown; a ViscnnError goes to the ``msg`` component's children and
+    leaves the last good drawing on the page."""
+    from dash import Input, Output, no_update
+
+    from viscnn.errors import ViscnnError
+
+    @app.callback([Output(c, p) for c, p in outputs], Input("state", "data"))
+    def update(s):
+        if not s or s.get("view") != view:
+            return [no_update] * len(outputs)
+        try:
+            got = props(actx, s)
+        except ViscnnError as e:
+            return [str(e) if (c, p) == (msg, "children") else no_update for c, p in outputs]
+        return [got[c][p] for c, p in outputs]

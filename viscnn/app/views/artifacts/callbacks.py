@@ -182,6 +182,8 @@ def artifacts_props(actx, s: dict) -> Dict[str, dict]:
 
 
 def register(app, actx) -> None:
+    from viscnn.app.views import register_view_props
+
     @app.callback(Output("art-drill", "value", allow_duplicate=True), Input({"type": "art-layer", "layer": ALL}, "n_clicks"),
                   prevent_initial_call=True)
     def drill_on_click(clicks):
@@ -190,12 +192,4 @@ def register(app, actx) -> None:
             return no_update  # a re-render of the strip, not a click
         return trig["layer"]
 
-    @app.callback([Output(c, p) for c, p in OUTPUTS], Input("state", "data"))
-    def update(s):
-        if not s or s.get("view") != "artifacts":
-            return [no_update] * len(OUTPUTS)
-        try:
-            props = artifacts_props(actx, s)
-        except ViscnnError as e:
-            return [no_update, no_update, str(e), no_update]
-        return [props[c][p] for c, p in OUTPUTS]
+    register_view_props(app, actx, "artifacts", OUTPUTS, artifacts_props, "art-msg")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 import numpy as np
-from dash import Input, Output, dcc, html, no_update
+from dash import dcc, html
 
 from viscnn.app.figures.colors import symmetric_limit
 from viscnn.app.figures.panels import heatmap, image_figure
@@ -116,12 +116,6 @@ def attribution_props(actx, s: dict) -> Dict[str, dict]:
 
 
 def register(app, actx) -> None:
-    @app.callback([Output(c, p) for c, p in OUTPUTS], Input("state", "data"))
-    def update(s):
-        if not s or s.get("view") != "attribution":
-            return [no_update] * len(OUTPUTS)
-        try:
-            props = attribution_props(actx, s)
-        except ViscnnError as e:
-            return [no_update, no_update, str(e), no_update]
-        return [props[c][p] for c, p in OUTPUTS]
+    from viscnn.app.views import register_view_props
+
+    register_view_props(app, actx, "attribution", OUTPUTS, attribution_props, "attr-msg")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Dict, List
 
 import numpy as np
-from dash import Input, Output, dcc, html, no_update
+from dash import dcc, html
 
 from viscnn.app.figures.colors import symmetric_limit
 from viscnn.app.figures.panels import heatmap
@@ -46,6 +46,7 @@ def weight_pictures(models) -> html.Div:
     """The first conv layer of each ``(title, model)``: RGB filters (each normalised on its own) for
     3-channel inputs; single-channel kernels on the diverging map (one symmetric scale per layer); else
     grey kernel tiles (0.5 grey = 0)."""
+    from viscnn.app.figures.colors import diverging_rgb
     from viscnn.app.figures.panels import data_uri, png_bytes
     from viscnn.attribution.render import to_uint8
     from viscnn.attribution.weights import conv_weight, first_conv, grid, kernel_tiles, rgb_filter_grid
@@ -58,8 +59,6 @@ def weight_pictures(models) -> html.Div:
         elif conv.in_channels == 1:  # one kernel per filter: a square-ish grid, not a one-column strip
             w = conv_weight(m, name)[1][:, 0]
             lim = float(np.abs(w).max()) or 1.0
-            from viscnn.app.figures.colors import diverging_rgb
-
             pic = grid(diverging_rgb(w / lim) / 255.0, int(np.ceil(np.sqrt(len(w)))), 1)  # signed: red/blue
         else:
             pic = kernel_tiles(m, name, normalize="layer")
@@ -127,7 +126,8 @@ def compare_props(actx, s: dict) -> Dict[str, dict]:
             + (". Only one prepped model takes this image: prep another (or set a second input size) to compare."
                if len(runs) == 1 else ""))
     wmodels = [(t, _nets(actx, mn, None, "full")[0]) for t, mn, _ in runs if " at " not in t]
-    wmodels.append((f"{name} with random weights", random_copy(get_model(pm))))
+    rand = actx._memoize(("random-weights", name), lambda: random_copy(get_model(pm)), 8)  # not per state change
+    wmodels.append((f"{name} with random weights", rand))
     try:
         weights = weight_pictures(wmodels)
     except ViscnnError as e:
@@ -137,12 +137,6 @@ def compare_props(actx, s: dict) -> Dict[str, dict]:
 
 
 def register(app, actx) -> None:
-    @app.callback([Output(c, p) for c, p in OUTPUTS], Input("state", "data"))
-    def update(s):
-        if not s or s.get("view") != "compare":
-            return [no_update] * len(OUTPUTS)
-        try:
-            props = compare_props(actx, s)
-        except ViscnnError as e:
-            return [no_update, no_update, str(e)]
-        return [props[c][p] for c, p in OUTPUTS]
+    from viscnn.app.views import register_view_props
+
+    register_view_props(app, actx, "compare", OUTPUTS, compare_props, "cmp-msg")
