@@ -1,6 +1,6 @@
 // PNG/SVG export buttons (class export-btn, data-target = a figure's container id, data-format = png|svg).
-// Everything happens in the browser: Plotly.downloadImage for Plotly figures, cytoscape's own png/svg for
-// the 2D circuit. File names carry the model, the target and the time.
+// Everything happens in the browser: Plotly.downloadImage for Plotly figures, cytoscape's own PNG for
+// the 2D circuit, its SVG from the server. File names carry the model, the target and the time.
 (function () {
   function stamp() {
     return new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
@@ -27,9 +27,12 @@
     if (el.classList.contains('cyto-box') || target === 'cyto') {
       var cy = el._cyreg && el._cyreg.cy;
       if (!cy) return;
-      if (fmt === 'svg') {
-        if (typeof cy.svg !== 'function') { alert('SVG export of the 2D circuit is not available in this build'); return; }
-        save(new Blob([cy.svg({full: true, scale: 1})], {type: 'image/svg+xml'}), name + '.svg');
+      if (fmt === 'svg') {  // drawn on the server from what the page shows (viscnn/app/figures/circuit_svg.py)
+        fetch('/viscnn-export/circuit2d.svg', {method: 'POST', headers: {'Content-Type': 'application/json'},
+              body: JSON.stringify({elements: cy.json().elements, title: name})})
+          .then(function (r) { return r.ok ? r.blob() : r.text().then(function (t) { throw new Error(t); }); })
+          .then(function (blob) { save(blob, name + '.svg'); })
+          .catch(function (e) { alert('SVG export failed: ' + e.message); });
       } else {
         save(cy.png({full: true, scale: 2, output: 'blob', bg: 'white'}), name + '.png');
       }
@@ -42,3 +45,19 @@
     }).then(function (blob) { save(blob, name + '.' + fmt); });
   });
 })();
+
+// viscnn.after3d(value): a Promise of value, resolved once the 3D graph has painted (or after 5 s, e.g. on
+// an error page). Clientside callbacks hand the 2D circuit and the tables to the page through it, so the
+// 3D graph, the main view, gets the browser's one main thread first on page load.
+window.viscnn = window.viscnn || {};
+window.viscnn.after3d = function (value) {
+  return new Promise(function (resolve) {
+    var t0 = Date.now();
+    (function poll() {
+      var g = document.querySelector('#graph3d .js-plotly-plot');
+      if ((g && g._fullLayout && g._fullLayout.scene) || Date.now() - t0 > 5000) {
+        requestAnimationFrame(function () { setTimeout(function () { resolve(value); }, 0); });
+      } else { setTimeout(poll, 50); }
+    })();
+  });
+};

@@ -397,7 +397,7 @@ def test_circuit_view_reports_counts(tiny):
     # the tables say what their score column is: metric, target and the images it rests on
     cap = props["tables-caption"]["children"]
     assert s["metric"] in cap and "mean over" in cap and "ranked by |score|" in cap
-    scores = [abs(r["score"]) for r in props["top-nodes"]["data"]]
+    scores = [abs(r["score"]) for r in props["tables-data"]["data"]["nodes"]]
     assert scores == sorted(scores, reverse=True)
 
 

@@ -20,7 +20,7 @@ from viscnn.errors import ViscnnError
 
 # (component, prop) pairs the update callback writes, in order
 OUTPUTS = [("graph3d", "figure"), ("edge-info", "children"), ("legend", "children"), ("cyto-data", "data"),
-           ("cyto-count", "children"), ("top-nodes", "data"), ("top-edges", "data"), ("msg", "children"),
+           ("cyto-count", "children"), ("tables-data", "data"), ("msg", "children"),
            ("target-msg", "children"), ("imageset-msg", "children"), ("value-msg", "children"),
            ("graph-wrap", "className"), ("tables-caption", "children")]
 _AT = {c: i for i, (c, _) in enumerate(OUTPUTS)}
@@ -115,7 +115,7 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
     return {"graph3d": {"figure": fig}, "edge-info": {"children": info},
             "legend": {"children": legend_children(terms, s["metric"], r.sign_metric)},
             "cyto-data": {"data": c2.elements}, "cyto-count": {"children": count},
-            "top-nodes": {"data": trows}, "top-edges": {"data": erows}, "msg": {"children": ""},
+            "tables-data": {"data": {"nodes": trows, "edges": erows}}, "msg": {"children": ""},
             "target-msg": {"children": ""}, "imageset-msg": {"children": ""}, "value-msg": {"children": ""},
             "graph-wrap": {"className": ""},
             "tables-caption": {"children": f"score column: {basis[len('Scores: '):]} Rows "
@@ -178,23 +178,17 @@ def register(app, actx, manager) -> None:
             return out + [no_update]
         return [props[c][p] for c, p in OUTPUTS] + [""]  # a finished run clears its progress line
 
-    # The 2D circuit is drawn once the 3D graph has painted: on page load both compete for the browser's
-    # one main thread, and the 3D graph is the main view (the wait gives up after 5 s, e.g. on an error).
+    # The 2D circuit and the tables are drawn once the 3D graph has painted: on page load they all compete
+    # for the browser's one main thread, and the 3D graph is the main view (viscnn.after3d in assets/viscnn.js).
     app.clientside_callback(
-        """function(els) {
-            if (!els) { return window.dash_clientside.no_update; }
-            return new Promise(resolve => {
-                const t0 = Date.now();
-                const poll = () => {
-                    const g = document.querySelector('#graph3d .js-plotly-plot');
-                    if ((g && g._fullLayout && g._fullLayout.scene) || Date.now() - t0 > 5000) {
-                        requestAnimationFrame(() => setTimeout(() => resolve(els), 0));
-                    } else { setTimeout(poll, 50); }
-                };
-                poll();
-            });
-        }""",
+        "function(els) { return els ? window.viscnn.after3d(els) : window.dash_clientside.no_update; }",
         Output("cyto", "elements"), Input("cyto-data", "data"))
+    app.clientside_callback(
+        """function(t) {
+            if (!t) { return [window.dash_clientside.no_update, window.dash_clientside.no_update]; }
+            return window.viscnn.after3d([t.nodes, t.edges]);
+        }""",
+        Output("top-nodes", "data"), Output("top-edges", "data"), Input("tables-data", "data"))
 
     @app.callback(
         Output("scores-ready", "data"), Input("run-request", "data"),

@@ -194,3 +194,37 @@ def register(server, ctx) -> None:
             return png(ctx.image(name, key))
         except ViscnnError:
             abort(404)
+
+    register_exports(server)
+
+
+EXPORT_PREFIX = "/viscnn-export"
+MAX_EXPORT_BYTES = 8 << 20
+
+
+def register_exports(server) -> None:
+    """POST /viscnn-export/circuit2d.svg: the 2D circuit the page shows, as a standalone SVG (pictures
+    embedded). Pictures are read through this server's own image routes (same-process requests only)."""
+    from flask import Response, request
+
+    from viscnn.app.figures.circuit_svg import circuit_svg
+
+    def fetch(url: str):
+        if not url.startswith(PREFIX + "/") or "//" in url or ".." in url:
+            return None  # only our own picture routes: nothing is ever fetched from elsewhere
+        r = server.test_client().get(url)
+        return r.data if r.status_code == 200 and r.mimetype == "image/png" else None
+
+    @server.route(f"{EXPORT_PREFIX}/circuit2d.svg", methods=["POST"])
+    def _circuit_svg():
+        if (request.content_length or 0) > MAX_EXPORT_BYTES:
+            return Response("the 2D circuit is too large to export", status=413, mimetype="text/plain")
+        payload = request.get_json(silent=True)
+        if payload is None:
+            return Response("expected the diagram's elements as JSON", status=400, mimetype="text/plain")
+        try:
+            svg = circuit_svg(payload, fetch, title=str(payload.get("title", "viscnn 2D circuit"))[:200]
+                              if isinstance(payload, dict) else "viscnn 2D circuit")
+        except ViscnnError as e:
+            return Response(str(e), status=400, mimetype="text/plain")
+        return Response(svg, mimetype="image/svg+xml")

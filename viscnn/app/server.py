@@ -40,10 +40,8 @@ def create_app(models_dir=None, model: str = "fmnist", snapshot: Optional[str] =
         start_search = S.snapshot_search(d)
         actx.default_model = d["model"]
 
-    import dash_cytoscape
-
-    # the extra bundle carries cytoscape-svg: the 2D circuit's SVG export
-    dash_cytoscape.load_extra_layouts()
+    # dash-cytoscape's normal bundle: the 2D circuit's SVG is drawn on the server (routes.register_exports),
+    # so the 1.4 MB extra bundle (cytoscape-svg and layouts we do not use) stays off the first paint
     manager = DiskcacheManager(actx.cache)
     app = dash.Dash(__name__, title="viscnn", assets_folder=str(REPO_DIR / "assets"),
                     suppress_callback_exceptions=True, background_callback_manager=manager,

@@ -101,7 +101,7 @@ def layout(models) -> html.Div:
         html.Div(id="msg", className="error"),
         html.Div(id="snap-msg", className="error"),
         html.Div([graph_col, panel_col], className="main"),
-        dcc.Store(id="run-request"), dcc.Store(id="scores-ready"), dcc.Store(id="cyto-data"),
+        dcc.Store(id="run-request"), dcc.Store(id="scores-ready"), dcc.Store(id="cyto-data"), dcc.Store(id="tables-data"),
         dcc.Store(id="center-on"),
         dcc.Download(id="download-json"), dcc.Download(id="download-html"),
         dcc.Download(id="download-nodes-csv"), dcc.Download(id="download-edges-csv"),
