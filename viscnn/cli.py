@@ -13,10 +13,88 @@ from viscnn.errors import ViscnnError
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
-                   help="torchvision:NAME[:WEIGHTS], path/to/file.py:factory, or a prepped model name")
+    p.add_argument("--model",
+                   help="torchvision:NAME[:WEIGHTS][:k=v,...], path/to/file.py:factory, or a prepped model name "
+                        "(required unless --config names it)")
     p.add_argument("--weights", help="state_dict file to load (torch.load weights_only=True)")
-    p.add_argument("--models-dir", help="folder of prepped models (default: the repo's prepped_models/)")
+    p.add_argument("--models-dir", help="folder of prepped models (default: $VISCNN_MODELS_DIR, else the repo's prepped_models/)")
+    for c in (p, p._optionals):  # a command's own --mean/--std (viscnn artifacts) replaces these
+        c.conflict_handler = "resolve"
+    g = p.add_argument_group("preprocessing of a model that is not prepped (a prepped model's manifest has its own)")
+    g.add_argument("--config", metavar="FILE.toml",
+                   help="take the model, weights, input size, channels, mean/std (and folder classes) from a prep config")
+    g.add_argument("--channels", type=int, choices=(1, 3), help="input channels")
+    g.add_argument("--mean", nargs="+", type=float, help="per-channel mean the model was trained with (default none)")
+    g.add_argument("--std", nargs="+", type=float, help="per-channel std the model was trained with")
+    p.set_defaults(_model_args=True)
+
+
+def apply_model_args(args: argparse.Namespace) -> None:
+    """Fill --model/--weights from --config and record the preprocessing, so every command that reads
+    ``prepped_manifest(spec)`` (circuit, attribute, featurevis, graph) sees the same input shape and
+    normalisation for a file spec as for a prepped model."""
+    from viscnn.model_spec import prepped_manifest, set_preprocess
+
+    meta = {}
+    if args.config:
+        from viscnn.prep import load_config
+
+        cfg = load_config(args.config)
+        args.model = args.model or cfg.model_spec()
+        if args.weights is None and cfg["weights"]:
+            args.weights = str(cfg.path(cfg["weights"]))
+        pp = cfg["preprocess"]
+        meta = {"input_shape": [pp["channels"], *pp["size"]], "normalize": {"mean": pp["mean"], "std": pp["std"]}}
+        classes = _config_classes(cfg)
+        if classes:
+            meta["classes"] = classes
+    if not args.model:
+        raise ViscnnError("--model is required (or --config FILE.toml naming one)")
+    given = [v if isinstance(v, list) else None for v in (getattr(args, "mean", None), getattr(args, "std", None))]
+    if args.channels or any(given):
+        c = args.channels or (meta.get("input_shape") or [len(given[0] or given[1] or [])])[0]
+        mean = given[0] or [0.0] * c
+        std = given[1] or [1.0] * c
+        if len(mean) not in (1, c) or len(std) not in (1, c) or min(std) <= 0:
+            raise ViscnnError(f"--mean/--std need 1 or {c} values (std > 0); got {mean} / {std}")
+        hw = (meta.get("input_shape") or [c, *(getattr(args, "input_size", None) or getattr(args, "size", None) or (224, 224))])[1:]
+        meta.update(input_shape=[c, *hw], normalize={"mean": mean, "std": std})
+    if meta:
+        set_preprocess(args.model, {**(prepped_manifest(args.model, args.models_dir) or {}), **meta})
+
+
+def _config_classes(cfg):
+    d = cfg["data"]
+    if d["kind"] == "fashion-mnist":
+        from viscnn.data.fashion_mnist import CLASSES
+
+        return list(CLASSES)
+    root = cfg.path(d["root"])
+    if d["kind"] == "folder" and root.is_dir():
+        from viscnn.data.images import scan_class_folders
+
+        return scan_class_folders(root)[0]
+    return None
+
+
+def _serve_defaults(args: argparse.Namespace) -> None:
+    """``viscnn serve [--models-dir DIR]`` without a name opens ``fmnist`` if DIR has it, else its first
+    model; a half-prepped model is refused with a clear message instead of a blank page."""
+    from viscnn.paths import default_models_dir
+    from viscnn.prepped import list_models, missing_stages
+
+    root = args.models_dir or default_models_dir()
+    models = list_models(root)
+    if args.name is None:
+        args.name = "fmnist" if "fmnist" in models or not models else models[0]
+        return
+    if args.name not in models and args.name in list_models(root, include_incomplete=True):
+        import json
+        from pathlib import Path
+
+        man = json.loads((Path(root) / args.name / "manifest.json").read_text())
+        raise ViscnnError(f"prepped model {args.name!r} in {root} is incomplete (stages not done: "
+                          f"{', '.join(missing_stages(man))}); rerun `viscnn prep` on its config to finish it")
 
 
 def _graph_cmd(sub) -> None:
@@ -70,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     for extra in _optional_commands():
         extra(sub)
+    if "serve" in sub.choices:  # no name: the models folder's default model (see _serve_defaults)
+        sub.choices["serve"].set_defaults(name=None)
     return p
 
 
@@ -94,6 +174,10 @@ def _optional_commands():
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "_model_args", False):
+            apply_model_args(args)
+        if args.command == "serve":
+            _serve_defaults(args)
         return args.func(args) or 0
     except ViscnnError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -101,6 +185,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        from viscnn.model_spec import clear_preprocess
+
+        clear_preprocess()
 
 
 if __name__ == "__main__":

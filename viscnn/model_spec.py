@@ -4,6 +4,10 @@ Spec forms:
   torchvision:NAME               random init (e.g. ``torchvision:resnet18``)
   torchvision:NAME:WEIGHTS       torchvision's pretrained weights (``DEFAULT``, ``IMAGENET1K_V1``...),
                                  only when the file is already in the local torch cache
+  timm:NAME                      a timm model with random weights (``timm.create_model(NAME,
+                                 pretrained=False)``; needs ``pip install 'viscnn[timm]'``)
+  torchvision:NAME[:WEIGHTS]:k=v,...  keyword arguments for the builder (``num_classes=5``); values
+                                 are ints, floats, true/false/none or strings (never evaluated)
   path/to/file.py:factory        a Python file of the user's whose ``factory()`` builds the model
   package.module:factory         an importable module's factory (e.g. ``viscnn.zoo.fmnist:fmnist_cnn``)
   NAME                           a prepped model under ``prepped_models/`` (see ``viscnn.prep``)
@@ -34,6 +38,8 @@ def load_model(spec: str, weights: Optional[PathLike] = None, models_dir: Option
     spec = spec.strip()
     if spec.startswith("torchvision:"):
         model = _torchvision_model(spec[len("torchvision:"):])
+    elif spec.startswith("timm:"):
+        model = _timm_model(spec[len("timm:"):])
     elif ".py:" in spec or spec.endswith(".py"):
         model = _file_model(spec)
     elif ":" in spec:
@@ -48,7 +54,8 @@ def load_model(spec: str, weights: Optional[PathLike] = None, models_dir: Option
 def _torchvision_model(rest: str) -> nn.Module:
     import torchvision.models as tvm
 
-    name, _, wname = rest.partition(":")
+    name, _, tail = rest.partition(":")
+    wname, kwargs = _torchvision_tail(name, tail)
     available = set(tvm.list_models())
     if name not in available:
         close = sorted(n for n in available if name.lower()[:4] in n)[:8]
@@ -56,7 +63,7 @@ def _torchvision_model(rest: str) -> nn.Module:
         raise ViscnnError(f"unknown torchvision model {name!r}{hint}")
     if not wname:
         # aux_logits/init_weights defaults differ between models; weights=None is random init.
-        return tvm.get_model(name, weights=None)
+        return _build_tv(tvm, name, None, kwargs)
     try:
         wenum = tvm.get_model_weights(name)
         w = wenum.DEFAULT if wname == "DEFAULT" else wenum[wname]
@@ -69,9 +76,66 @@ def _torchvision_model(rest: str) -> nn.Module:
             f"downloads at run time; download {w.url} yourself and pass it with --weights FILE "
             f"(spec torchvision:{name}), or place it at {cached}"
         )
-    model = tvm.get_model(name, weights=None, **_weights_kwargs(w))
+    model = _build_tv(tvm, name, None, {**_weights_kwargs(w), **kwargs})
     load_weights(model, cached)
     return model
+
+
+def _torchvision_tail(name: str, tail: str):
+    """``WEIGHTS``, ``k=v,k=v`` or ``WEIGHTS:k=v,...`` -> (weights name or "", kwargs)."""
+    wname, kwargs = "", {}
+    for part in [p for p in tail.split(":") if p.strip()] if tail else []:
+        if "=" not in part:
+            if wname or kwargs:
+                raise ViscnnError(f"bad spec torchvision:{name}:{tail}: use torchvision:NAME[:WEIGHTS][:key=value,...]")
+            wname = part.strip()
+            continue
+        for item in part.split(","):
+            k, eq, v = item.partition("=")
+            k = k.strip()
+            if not eq or not k.isidentifier():
+                raise ViscnnError(f"bad keyword argument {item!r} in torchvision:{name}:{tail}: use key=value")
+            kwargs[k] = parse_value(v.strip())
+    return wname, kwargs
+
+
+def parse_value(text: str):
+    """A spec's ``value``: int, float, true/false, none, else the string itself (no eval)."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text.strip("'\"")
+
+
+def _build_tv(tvm, name: str, weights, kwargs: dict) -> nn.Module:
+    try:
+        return tvm.get_model(name, weights=weights, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ViscnnError(f"torchvision:{name} does not take {kwargs}: {e}") from None
+
+
+def _timm_model(name: str) -> nn.Module:
+    """A timm model, random init: viscnn never downloads weights (use --weights FILE for trained ones)."""
+    try:
+        import timm
+    except ImportError:
+        raise ViscnnError("model spec timm:NAME needs timm, which is not installed: pip install 'timm>=0.9' "
+                          "(or pip install 'viscnn[timm]')") from None
+    if not name or name not in set(timm.list_models()):
+        close = sorted(timm.list_models(f"*{name[:5]}*"))[:8] if name else []
+        hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+        raise ViscnnError(f"unknown timm model {name!r}{hint}")
+    try:
+        return timm.create_model(name, pretrained=False)
+    except Exception as e:  # a timm-side failure, reported in one line
+        raise ViscnnError(f"timm.create_model({name!r}) failed: {type(e).__name__}: {e}") from None
 
 
 def _weights_kwargs(w) -> dict:
@@ -83,8 +147,34 @@ def _weights_kwargs(w) -> dict:
     return kw
 
 
+def file_spec_parts(spec: str) -> Optional[tuple]:
+    """(path, factory) of a ``path/to/file.py:factory`` spec, else None."""
+    if spec.startswith(("torchvision:", "timm:")) or not (".py:" in spec or spec.endswith(".py")):
+        return None
+    return spec.rpartition(":")[::2] if ".py:" in spec else (spec, "")
+
+
+def resolve_spec(spec: str, base: PathLike) -> str:
+    """A file spec with its relative path made absolute from ``base``; other specs unchanged."""
+    parts = file_spec_parts(spec.strip()) if isinstance(spec, str) else None
+    if parts is None or Path(parts[0]).is_absolute():
+        return spec
+    path = (Path(base) / parts[0]).resolve()
+    return f"{path}:{parts[1]}" if parts[1] else str(path)
+
+
+def manifest_spec(spec: str, root: PathLike) -> str:
+    """A prepped manifest's model spec: a file spec is relative to the prepped folder (where prep copies
+    the file); manifests written before that named it relative to where prep ran, kept as a fallback."""
+    parts = file_spec_parts(spec)
+    if parts is None:
+        return spec
+    inside = resolve_spec(spec, root)
+    return inside if Path(file_spec_parts(inside)[0]).is_file() or not Path(parts[0]).is_file() else spec
+
+
 def _file_model(spec: str) -> nn.Module:
-    path, _, factory = spec.rpartition(":") if ".py:" in spec else (spec, "", "")
+    path, factory = file_spec_parts(spec) or (spec, "")
     if not factory:
         raise ViscnnError(f"model spec {spec!r} names a file but no factory: use {spec}:FUNCTION")
     p = Path(path)
@@ -142,7 +232,7 @@ def _prepped_model(name: str, weights, models_dir) -> nn.Module:
     import json
 
     meta = json.loads(manifest.read_text())
-    model = load_model(meta["model"], None)
+    model = load_model(manifest_spec(meta["model"], root / name), None)
     wfile = weights if weights is not None else (root / name / meta["weights"] if meta.get("weights") else None)
     if wfile is not None:
         load_weights(model, wfile)
@@ -157,10 +247,7 @@ def load_weights(model: nn.Module, weights: PathLike) -> nn.Module:
     try:
         sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ViscnnError(
-            f"could not read weights {p} as a safe state_dict (torch.load weights_only=True): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from None
+        raise ViscnnError(_unsafe_load_message(p, e)) from None
     if isinstance(sd, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if key in sd and isinstance(sd[key], dict):
@@ -188,8 +275,44 @@ def load_weights(model: nn.Module, weights: PathLike) -> nn.Module:
     return model
 
 
+def _unsafe_load_message(p: Path, e: Exception) -> str:
+    """One clean line for a file that torch.load(weights_only=True) refuses (its own message spans
+    many lines with ANSI colour codes)."""
+    import re
+
+    try:
+        names = list(torch.serialization.get_unsafe_globals_in_checkpoint(p))
+    except Exception:
+        names = []
+    if any(n.startswith("torch.nn.modules.") for n in names):
+        return (f"{p} is a pickled whole model, not a state_dict; save it with "
+                f"torch.save(model.state_dict(), 'weights.pt') and pass that file (viscnn never unpickles code)")
+    if names:
+        return (f"{p} holds pickled Python objects ({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}) that "
+                f"torch.load(weights_only=True) refuses; save model.state_dict() with torch.save and pass that file")
+    first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
+    return f"could not read weights {p} as a state_dict (torch.load weights_only=True): {type(e).__name__}: {first[0] if first else ''}"
+
+
+# preprocessing given on the command line for non-prepped specs (viscnn.cli --channels/--mean/--std/--config)
+_PREPROCESS: dict = {}
+
+
+def set_preprocess(spec: str, meta: dict) -> None:
+    """Make ``prepped_manifest(spec)`` answer ``meta`` ({"input_shape", "normalize", ...}) for a file,
+    module or torchvision spec, so every command reads the user's preprocessing the same way."""
+    _PREPROCESS[spec] = dict(meta)
+
+
+def clear_preprocess() -> None:
+    """Forget what :func:`set_preprocess` recorded (``viscnn.cli.main`` does, after each command)."""
+    _PREPROCESS.clear()
+
+
 def prepped_manifest(spec: str, models_dir: Optional[PathLike] = None) -> Optional[dict]:
     """A prepped model's manifest (classes, normalize, input_shape, ...), or None for other specs."""
+    if spec in _PREPROCESS:
+        return dict(_PREPROCESS[spec])
     if ":" in spec or ".py" in spec:
         return None
     from viscnn.paths import default_models_dir

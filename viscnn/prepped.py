@@ -19,8 +19,13 @@ prepped_models/NAME/
   images/NNN.png         the app's input images; images/index.json [{"file", "label", "class"}]
 
 Every file is written atomically, and all arrays are plain .npy (no pickle). While a prep is
-unfinished, ``scores/_partial/`` (scoring checkpoints) and ``scores/_exemplars/`` (the scoring
-pass's top-k tables, until the exemplars stage uses them) also exist; the reader ignores both.
+unfinished, ``scores/_partial/`` (scoring checkpoints), ``scores/_exemplars/`` (the scoring
+pass's top-k tables, until the exemplars stage uses them) and ``featurevis/_partial/`` (rendered
+batches of an unfinished layer) also exist; the reader ignores them. A model whose manifest lacks
+the ``graph`` or ``scores`` stage is incomplete: :func:`list_models` leaves it out and
+:meth:`PreppedModel.open` refuses it. A model given as a ``file.py:factory`` spec has that file copied
+to ``model/file.py`` and the manifest's ``model`` is ``model/file.py:factory``, relative to the folder,
+so the folder can be moved or copied anywhere and served.
 
 The reader is shared by the app's request threads. Each array is memory-mapped (and each small JSON
 file parsed) once per PreppedModel, under a lock; every caller gets the cached read-only memmap (and
@@ -113,7 +118,12 @@ class PreppedModel:
             raise ViscnnError(f"bad model name {name!r}")
         if not (root / name / "manifest.json").is_file():
             raise ViscnnError(f"unknown prepped model {name!r}; available: {', '.join(list_models(root)) or 'none'}")
-        return cls(root / name)
+        pm = cls(root / name)
+        missing = missing_stages(pm.manifest)
+        if missing:
+            raise ViscnnError(f"prepped model {name!r} in {root} is incomplete (stages not done: {', '.join(missing)}); "
+                              f"rerun `viscnn prep` on its config to finish it")
+        return pm
 
     # -- metadata ------------------------------------------------------------------
     @property
@@ -151,10 +161,10 @@ class PreppedModel:
 
     def load_model(self):
         """The model with its weights (a fresh object each call)."""
-        from viscnn.model_spec import load_model
+        from viscnn.model_spec import load_model, manifest_spec
 
         w = self.manifest.get("weights")
-        return load_model(self.manifest["model"], self.root / w if w else None)
+        return load_model(manifest_spec(self.manifest["model"], self.root), self.root / w if w else None)
 
     # -- arrays ----------------------------------------------------------------------
     def _npy(self, rel: str) -> np.ndarray:
@@ -239,10 +249,28 @@ def _copy_json(v):
     return v
 
 
-def list_models(models_dir=None) -> List[str]:
+REQUIRED_STAGES = ("graph", "scores")  # without these the app has nothing to draw
+
+
+def missing_stages(manifest: dict) -> List[str]:
+    done = manifest.get("stages") or {}
+    return [s for s in REQUIRED_STAGES if s not in done]
+
+
+def _complete(folder: Path) -> bool:
+    try:
+        return not missing_stages(json.loads((folder / "manifest.json").read_text()))
+    except (OSError, ValueError):
+        return False
+
+
+def list_models(models_dir=None, include_incomplete: bool = False) -> List[str]:
+    """Names of the prepped models in ``models_dir``; a half-prepped one (graph only, or an
+    interrupted run) is left out unless ``include_incomplete``."""
     from viscnn.paths import default_models_dir
 
     root = Path(models_dir) if models_dir else default_models_dir()
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file())
+    return sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()
+                  and (include_incomplete or _complete(p)))

@@ -5,6 +5,7 @@ Spec strings (the CLI's ``--images``):
   tensor:FILE.pt          a saved tensor [N,C,H,W] (or {"images", "labels"}), torch.load weights_only=True
   random:N[:SEED]         N seeded Gaussian images (already "normalised": no normalisation applied)
   fmnist:SPLIT[:CLASS][:N]  Fashion-MNIST train/test, optionally one class (name or index), first N
+  fmnist:SPLIT:CLASS:N:SKIP the N images after the first SKIP (a held-out set disjoint from :N)
   torchvision:NAME:ROOT[:SPLIT]  a torchvision dataset already on disk (never downloaded)
 
 Images are converted to the model's input: uint8 -> [0, 1], grey <-> RGB, resized with
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from viscnn.errors import ViscnnError
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from viscnn.data.images import IMAGE_EXTS
 Batch = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
 
@@ -162,9 +163,11 @@ def _fmnist(rest: str) -> ImageSource:
     split = parts[0] or "train"
     images, labels = load_fashion_mnist(split)
     extra = parts[1:]
-    if len(extra) > 2:
-        raise ViscnnError(f"bad Fashion-MNIST spec fmnist:{rest}: use fmnist:train|test[:CLASS][:N]")
-    cls, n = None, None
+    if len(extra) > 3:
+        raise ViscnnError(f"bad Fashion-MNIST spec fmnist:{rest}: use fmnist:train|test[:CLASS][:N[:SKIP]]")
+    cls, n, skip = None, None, 0
+    if len(extra) == 3:
+        skip = _int(extra.pop(), "skip", f"fmnist:{rest}")
     if len(extra) == 2 or (extra and not extra[0].isdigit()):
         part = extra[0]
         names = {c.lower(): i for i, c in enumerate(CLASSES)}
@@ -180,8 +183,9 @@ def _fmnist(rest: str) -> ImageSource:
     if cls is not None:
         idx = np.flatnonzero(labels == cls)
         images, labels = images[idx], labels[idx]
-    if n is not None:
-        images, labels = images[:n], labels[:n]
+    if n is not None or skip:
+        stop = None if n is None else skip + n
+        images, labels = images[skip:stop], labels[skip:stop]
     return ImageSource(f"fmnist:{rest}", len(images), lambda a, b: (images[a:b], labels[a:b]), list(CLASSES))
 
 
@@ -206,13 +210,12 @@ def _folder(path: str) -> ImageSource:
     lab = np.array(labels, np.int64) if labels is not None else None
 
     def read(a, b):
-        from PIL import Image
+        from viscnn.data.images import read_image
 
         arrs = []
         for f in files[a:b]:
             try:
-                with Image.open(f) as im:
-                    arr = np.asarray(im.convert("RGB"))
+                arr = read_image(f, 3)  # 16-bit and float modes scaled, not clipped to white
             except Exception as e:
                 raise ViscnnError(f"cannot read image {f}: {e}") from None
             arrs.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
@@ -233,6 +236,8 @@ def _torchvision(rest: str) -> ImageSource:
     train = (parts[2] if len(parts) > 2 else "train") == "train"
     import torchvision.datasets as D
 
+    from viscnn.data.images import to_uint8
+
     cls = getattr(D, name, None)
     if cls is None:
         raise ViscnnError(f"unknown torchvision dataset {name!r}")
@@ -245,7 +250,7 @@ def _torchvision(rest: str) -> ImageSource:
         imgs, labs = [], []
         for k in range(a, b):
             im, lab = ds[k]
-            imgs.append(torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1))
+            imgs.append(torch.from_numpy(to_uint8(im, 3).copy()).permute(2, 0, 1))
             labs.append(int(lab))
         return torch.stack(imgs), np.array(labs, np.int64)
     return ImageSource(f"torchvision:{rest}", len(ds), read, list(getattr(ds, "classes", [])) or None)

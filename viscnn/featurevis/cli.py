@@ -33,8 +33,11 @@ def add_featurevis_cmd(sub) -> None:
 
 
 def _manifest(spec: str, models_dir):
+    """A prepped model's manifest, or the --config/--channels/--mean/--std given for another spec."""
+    from viscnn.model_spec import prepped_manifest
+
     if ":" in spec or ".py" in spec:
-        return None
+        return prepped_manifest(spec, models_dir)
     from viscnn.prepped import PreppedModel
 
     return PreppedModel.open(spec, models_dir).manifest

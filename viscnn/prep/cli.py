@@ -1,4 +1,5 @@
-"""``viscnn prep CONFIG.toml [flags]``: every config key can also be given as a flag."""
+"""``viscnn prep CONFIG.toml [flags]``: every config key can also be given as a flag (a flag's paths are
+relative to the current directory, the file's to the file)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ FLAGS = {  # flag -> (dotted config key, type)
     "--name": ("name", str), "--model": ("model", str), "--weights": ("weights", str),
     "--data-kind": ("data.kind", str), "--data-root": ("data.root", str), "--split": ("data.split", str),
     "--dataset": ("data.dataset", str), "--images-per-class": ("data.images_per_class", int),
+    "--bad-images": ("data.bad_images", str),
     "--batch-size": ("run.batch_size", int), "--device": ("run.device", str), "--seed": ("run.seed", int),
     "--featurevis-steps": ("featurevis.steps", int), "--exemplars-k": ("exemplars.k", int),
     "--app-images-per-class": ("app.images_per_class", int),
@@ -26,7 +28,9 @@ def add_prep_cmd(sub) -> None:
     p.add_argument("--channels", type=int, help="preprocess.channels")
     p.add_argument("--mean", nargs="+", type=float, help="preprocess.mean")
     p.add_argument("--std", nargs="+", type=float, help="preprocess.std")
-    p.add_argument("--out", help="models folder to write into (default: prepped_models/)")
+    p.add_argument("--featurevis-layers", nargs="+", metavar="LAYER", help="featurevis.layers (default: all conv layers)")
+    p.add_argument("--out", "--models-dir", dest="out",
+                   help="models folder to write NAME/ into (default: models_dir in the config, else prepped_models/)")
     p.set_defaults(func=run)
 
 
@@ -35,9 +39,17 @@ def run(args: argparse.Namespace) -> int:
 
     over = {key: getattr(args, key.replace(".", "__")) for key, _ in FLAGS.values()}
     over.update({"run.stages": args.stages, "run.metrics": args.metrics, "preprocess.size": args.size,
-                 "preprocess.channels": args.channels, "preprocess.mean": args.mean, "preprocess.std": args.std})
+                 "preprocess.channels": args.channels, "preprocess.mean": args.mean, "preprocess.std": args.std,
+                 "featurevis.layers": args.featurevis_layers})
     # relative paths inside a config file are relative to that file; flags are relative to the cwd
     base = Path(args.config).resolve().parent if args.config else Path.cwd()
+    for key in ("weights", "data.root"):
+        if over.get(key):
+            over[key] = str(Path(over[key]).resolve())
+    if over.get("model"):
+        from viscnn.model_spec import resolve_spec
+
+        over["model"] = resolve_spec(over["model"], Path.cwd())
     cfg = load_config(args.config, over, base_dir=base)
     out = run_prep(cfg, Path(args.out) if args.out else None)
     print(f"prepped {cfg.name} -> {out}")

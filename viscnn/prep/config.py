@@ -3,8 +3,9 @@
 Example (prepped_models/fmnist.toml)::
 
     name = "fmnist"
-    model = "viscnn.zoo.fmnist:fmnist_cnn"
-    weights = "prepped_models/fmnist/weights.pt"
+    model = "viscnn.zoo.fmnist:fmnist_cnn"  # or "mynet.py:factory" (copied into the prepped folder)
+    weights = "fmnist/weights.pt"
+    models_dir = ""               # where NAME/ is written; "" = $VISCNN_MODELS_DIR or the repo's prepped_models/
 
     [data]
     kind = "fashion-mnist"        # or "folder" (one subfolder per class), or "torchvision"
@@ -12,6 +13,7 @@ Example (prepped_models/fmnist.toml)::
     split = "train"
     images_per_class = 6000       # 0 = all
     dataset = ""                  # torchvision dataset class name when kind = "torchvision"
+    bad_images = "error"          # "folder": unreadable/truncated files stop the run, or "skip" them
 
     [preprocess]
     size = [28, 28]
@@ -29,12 +31,16 @@ Example (prepped_models/fmnist.toml)::
     [featurevis]
     steps = 128
     edges_per_node = 3
+    layers = []                   # conv layers to visualize ([] = all of them)
 
     [exemplars]
     k = 6
 
     [app]
     images_per_class = 2
+
+Every relative path in the file (model file, weights, data.root, models_dir) is resolved from the
+file's folder, never from the current directory, so the same command works from anywhere.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from viscnn.errors import ViscnnError
 
@@ -56,15 +62,19 @@ except ModuleNotFoundError:  # Python < 3.11
 STAGES = ["graph", "kernels", "scores", "layouts", "featurevis", "exemplars", "images"]
 METRICS = ["taylor", "taylor_signed", "actgrad_abs", "activation", "gradient", "weight"]
 DATA_KINDS = ["fashion-mnist", "folder", "torchvision"]
+NEW_KEYS = {"data.bad_images": "error", "featurevis.layers": []}  # see PrepConfig.section
+_NOPE = object()
 
 DEFAULTS: Dict[str, Any] = {
     "name": None,
     "model": None,
     "weights": "",
-    "data": {"kind": "fashion-mnist", "root": "", "split": "train", "images_per_class": 0, "dataset": ""},
+    "models_dir": "",
+    "data": {"kind": "fashion-mnist", "root": "", "split": "train", "images_per_class": 0, "dataset": "",
+             "bad_images": "error"},
     "preprocess": {"size": [28, 28], "channels": 1, "mean": [0.0], "std": [1.0]},
     "run": {"batch_size": 256, "device": "cpu", "seed": 0, "stages": list(STAGES), "metrics": ["taylor", "taylor_signed"]},
-    "featurevis": {"steps": 128, "edges_per_node": 3},
+    "featurevis": {"steps": 128, "edges_per_node": 3, "layers": []},
     "exemplars": {"k": 6},
     "app": {"images_per_class": 2},
 }
@@ -85,6 +95,23 @@ class PrepConfig:
     def path(self, rel: str) -> Path:
         p = Path(rel)
         return p if p.is_absolute() else (self.base_dir / p)
+
+    def section(self, key: str):
+        """A config value with keys added after format 1 dropped while they hold their default, so
+        configs written before them keep their stage hashes (and a rerun resumes)."""
+        v = self.values[key]
+        if isinstance(v, dict):
+            v = {k: x for k, x in v.items() if NEW_KEYS.get(f"{key}.{k}", _NOPE) != x}
+        return v
+
+    def model_spec(self) -> str:
+        """The model spec with a file spec's path resolved from the config's folder."""
+        from viscnn.model_spec import resolve_spec
+
+        return resolve_spec(self.values["model"], self.base_dir)
+
+    def models_dir(self) -> Optional[Path]:
+        return self.path(self.values["models_dir"]) if self.values["models_dir"] else None
 
     def hash(self, *sections: str) -> str:
         """Hash of the settings that decide a stage's output (resume only when they match)."""
@@ -119,6 +146,8 @@ def load_config(path=None, overrides: Dict[str, Any] = None, base_dir=None) -> P
         except tomllib.TOMLDecodeError as e:
             raise ViscnnError(f"config {p} is not valid TOML: {e}") from None
     values = _merge(DEFAULTS, raw, "")
+    if base_dir is None:
+        base_dir = Path(path).resolve().parent if path is not None else Path.cwd()
     for dotted, v in (overrides or {}).items():
         if v is None:
             continue
@@ -130,7 +159,7 @@ def load_config(path=None, overrides: Dict[str, Any] = None, base_dir=None) -> P
             raise ViscnnError(f"unknown config key {dotted!r}")
         d[leaf] = v
     validate(values)
-    return PrepConfig(values, Path(base_dir) if base_dir else Path.cwd())
+    return PrepConfig(values, Path(base_dir))
 
 
 def _need(cond: bool, key: str, msg: str) -> None:
@@ -143,10 +172,12 @@ def validate(v: Dict[str, Any]) -> None:
           f"{v['name']!r} (letters, digits, - and _ only)")
     _need(isinstance(v["model"], str) and bool(v["model"]), "model", "a model spec string is required")
     _need(isinstance(v["weights"], str), "weights", "a file path string ('' for none)")
+    _need(isinstance(v["models_dir"], str), "models_dir", "a folder path string ('' for the default)")
     d = v["data"]
     _need(d["kind"] in DATA_KINDS, "data.kind", f"{d['kind']!r}; one of {DATA_KINDS}")
     _need(d["kind"] != "folder" or bool(d["root"]), "data.root", "required when data.kind = 'folder'")
     _need(d["kind"] != "torchvision" or bool(d["dataset"]), "data.dataset", "a torchvision dataset class name")
+    _need(d["bad_images"] in ("error", "skip"), "data.bad_images", f"{d['bad_images']!r}; 'error' or 'skip'")
     _need(d["split"] in ("train", "test"), "data.split", f"{d['split']!r}; 'train' or 'test'")
     _need(_is_int(d["images_per_class"]) and d["images_per_class"] >= 0, "data.images_per_class", f"{d['images_per_class']!r}; an integer >= 0")
     pp = v["preprocess"]
@@ -167,6 +198,9 @@ def validate(v: Dict[str, Any]) -> None:
     _need(not bad and bool(r["metrics"]), "run.metrics", f"unknown {bad}; metrics are {METRICS}")
     _need(_is_int(v["featurevis"]["steps"]) and v["featurevis"]["steps"] > 0, "featurevis.steps", "a positive integer")
     _need(_is_int(v["featurevis"]["edges_per_node"]) and v["featurevis"]["edges_per_node"] >= 0, "featurevis.edges_per_node", "an integer >= 0")
+    fl = v["featurevis"]["layers"]
+    _need(isinstance(fl, list) and all(isinstance(x, str) and x for x in fl), "featurevis.layers",
+          f"{fl!r}; a list of layer names ([] = all conv layers)")
     _need(_is_int(v["exemplars"]["k"]) and v["exemplars"]["k"] > 0, "exemplars.k", "a positive integer")
     _need(_is_int(v["app"]["images_per_class"]) and v["app"]["images_per_class"] >= 0, "app.images_per_class", "an integer >= 0")
 

@@ -15,13 +15,13 @@ import torch
 from viscnn.errors import ViscnnError
 from viscnn.prep.config import PrepConfig
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+from viscnn.data.images import IMAGE_EXTS as IMAGE_SUFFIXES
 
 
 class PrepDataset:
     """``classes``, ``labels`` (of the selected images) and ``batch(positions)`` -> normalised tensors."""
 
-    def __init__(self, cfg: PrepConfig):
+    def __init__(self, cfg: PrepConfig, log=print):
         d, pp = cfg["data"], cfg["preprocess"]
         self.size = tuple(pp["size"])
         self.channels = pp["channels"]
@@ -34,7 +34,8 @@ class PrepDataset:
             self._arrays, self.classes = imgs, list(CLASSES)
             all_labels = labels
         elif d["kind"] == "folder":
-            self._files, all_labels, self.classes = _scan_folder(cfg.path(d["root"]))
+            self._files, all_labels, self.classes = _scan_folder(cfg.path(d["root"]), d["images_per_class"],
+                                                                 d["bad_images"], log)
         else:
             self._tv, all_labels, self.classes = _torchvision(d, cfg)
         self.kind = d["kind"]
@@ -50,12 +51,15 @@ class PrepDataset:
         if self.kind == "fashion-mnist":
             return self._arrays[i][:, :, None]
         if self.kind == "folder":
-            from PIL import Image
+            from viscnn.data.images import read_image
 
-            with Image.open(self._files[i]) as im:
-                return np.asarray(im.convert("RGB" if self.channels == 3 else "L")).reshape(im.size[1], im.size[0], -1)
-        img = self._tv[i][0]
-        return np.asarray(img.convert("RGB" if self.channels == 3 else "L")).reshape(img.size[1], img.size[0], -1)
+            try:
+                return read_image(self._files[i], self.channels)
+            except Exception as e:  # checked before any work; changed on disk since
+                raise ViscnnError(f"cannot read image {self._files[i]}: {e}") from None
+        from viscnn.data.images import to_uint8
+
+        return to_uint8(self._tv[i][0], self.channels)
 
     def to_unit(self, raw: np.ndarray) -> torch.Tensor:
         """uint8 [H,W,C] -> float [C,H,W] in [0, 1] at the model's size and channel count."""
@@ -97,19 +101,31 @@ def _select(labels: np.ndarray, n_classes: int, per_class: int) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def _scan_folder(root: Path) -> Tuple[List[Path], np.ndarray, List[str]]:
+def _scan_folder(root: Path, per_class: int, bad_images: str, log=print) -> Tuple[List[Path], np.ndarray, List[str]]:
+    """The selected files of a class-per-subfolder dataset, every one decoded once here, so a bad
+    file stops the run (or is skipped, ``bad_images = "skip"``) before any work starts."""
+    from viscnn.data.images import describe_bad, scan_class_folders, select_readable
+
     if not root.is_dir():
         raise ViscnnError(f"data.root {root} is not a folder")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes, per = scan_class_folders(root)
     if not classes:
         raise ViscnnError(f"data.root {root} needs one subfolder per class (found none)")
-    files, labels = [], []
-    for ci, c in enumerate(classes):
-        fs = sorted(f for f in (root / c).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        files += fs
-        labels += [ci] * len(fs)
-    if not files:
-        raise ViscnnError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+    empty = [c for c, fs in zip(classes, per) if not fs]
+    if empty:  # an empty class would shift every later label, or add a class the model does not have
+        raise ViscnnError(f"data.root {root}: class folder{'s' if len(empty) > 1 else ''} with no images "
+                          f"({', '.join(sorted(IMAGE_SUFFIXES))}): {', '.join(empty)}; remove or fill "
+                          f"{'them' if len(empty) > 1 else 'it'}")
+    kept, bad = select_readable(per, per_class)
+    files = [f for fs in kept for f in fs]
+    labels = [ci for ci, fs in enumerate(kept) for _ in fs]
+    if bad and bad_images != "skip":
+        raise ViscnnError(describe_bad(bad, root) + " (set data.bad_images = \"skip\" or --bad-images skip to leave them out)")
+    if bad:
+        log(f"skipping {describe_bad(bad, root)}")
+    short = [c for c, fs in zip(classes, kept) if not fs]
+    if short:
+        raise ViscnnError(f"data.root {root}: no readable images in class folder(s) {', '.join(short)}")
     return files, np.asarray(labels, np.int64), classes
 
 

@@ -30,7 +30,7 @@ def run_prep(cfg: PrepConfig, out_root: Optional[Path] = None, log=print) -> Pat
     from viscnn.model_spec import load_model
     from viscnn.paths import default_models_dir
 
-    out = Path(out_root or default_models_dir()) / cfg.name
+    out = Path(out_root or cfg.models_dir() or default_models_dir()) / cfg.name
     rank, world = dist_info()
     weights = cfg.path(cfg["weights"]) if cfg["weights"] else None
     if weights is not None and not weights.is_file():
@@ -38,10 +38,12 @@ def run_prep(cfg: PrepConfig, out_root: Optional[Path] = None, log=print) -> Pat
     device = cfg["run"]["device"]
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ViscnnError(f"bad config value for run.device: {device!r} but CUDA is not available")
-    model = load_model(cfg["model"], weights)  # validates the spec before any work
+    spec = cfg.model_spec()  # a model file's path is resolved from the config's folder
+    model = load_model(spec, weights)  # validates the spec before any work
     from viscnn.prep.dataset import PrepDataset
 
-    data = PrepDataset(cfg)  # validates the data before any work
+    data = PrepDataset(cfg, log)  # validates the data before any work
+    _check_outputs(model, cfg, data.classes)
     torch.manual_seed(cfg["run"]["seed"])
 
     if world > 1:
@@ -52,8 +54,11 @@ def run_prep(cfg: PrepConfig, out_root: Optional[Path] = None, log=print) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     man = Manifest(out)
     wname = _install_weights(out, weights) if rank == 0 else None
-    identity = {"name": cfg.name, "model": cfg["model"], "weights_sha256": sha256_file(weights) if weights else None,
-                "input_shape": [cfg["preprocess"]["channels"], *cfg["preprocess"]["size"]], "data": cfg["data"]}
+    mspec, msha = _install_model_file(out, spec) if rank == 0 else (cfg["model"], None)
+    identity = {"name": cfg.name, "model": mspec, "weights_sha256": sha256_file(weights) if weights else None,
+                "input_shape": [cfg["preprocess"]["channels"], *cfg["preprocess"]["size"]], "data": cfg.section("data")}
+    if msha:  # a model file's code is part of the model: a changed file recomputes every stage
+        identity["model_sha256"] = msha
     if rank == 0:
         if man.reset_if_incompatible(identity):
             log(f"{out}: model or data changed since the last prep; recomputing every stage")
@@ -91,6 +96,53 @@ def run_prep(cfg: PrepConfig, out_root: Optional[Path] = None, log=print) -> Pat
         dist.barrier()
         dist.destroy_process_group()
     return out
+
+
+def _check_outputs(model, cfg: PrepConfig, classes) -> None:
+    """One forward pass on a blank input: the model must run at the configured size, and its number
+    of outputs must match the data's classes (an extra or missing class folder is caught here)."""
+    pp = cfg["preprocess"]
+    x = torch.zeros(1, pp["channels"], *pp["size"])
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            y = model(x)
+    except Exception as e:
+        raise ViscnnError(f"the model does not run on a [1, {pp['channels']}, {pp['size'][0]}, {pp['size'][1]}] input "
+                          f"(preprocess.size / preprocess.channels): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    finally:
+        model.train(was)
+    y = y[0] if isinstance(y, (tuple, list)) else y
+    if "featurevis" in cfg["run"]["stages"] and cfg["featurevis"]["layers"]:
+        convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+        bad = [n for n in cfg["featurevis"]["layers"] if n not in convs]
+        if bad:
+            raise ViscnnError(f"bad config value for featurevis.layers: {bad} are not Conv2d layers of the model; "
+                              f"its Conv2d layers: {', '.join(convs)}")
+    if isinstance(y, torch.Tensor) and y.dim() == 2 and y.shape[1] != len(classes):
+        where = f"class folders in {cfg.path(cfg['data']['root'])}" if cfg["data"]["kind"] == "folder" else "classes in the data"
+        raise ViscnnError(f"the model has {y.shape[1]} outputs but there are {len(classes)} {where} "
+                          f"({', '.join(classes[:12])}{' ...' if len(classes) > 12 else ''})")
+
+
+def _install_model_file(out: Path, spec: str):
+    """Copy a model .py file into the prepped folder; returns (the spec relative to that folder, the
+    file's sha256), or (spec, None) for module and torchvision specs, which need no file."""
+    from viscnn.io import atomic_write_bytes
+    from viscnn.model_spec import file_spec_parts
+
+    parts = file_spec_parts(spec)
+    if parts is None:
+        return spec, None
+    src = Path(parts[0])
+    target = out / "model" / src.name
+    data = src.read_bytes()
+    if not target.is_file() or target.read_bytes() != data:
+        atomic_write_bytes(target, data)
+    import hashlib
+
+    return f"model/{src.name}:{parts[1]}", hashlib.sha256(data).hexdigest()
 
 
 def _install_weights(out: Path, weights: Optional[Path]) -> Optional[str]:

@@ -54,7 +54,7 @@ def stage_hash(cfg: PrepConfig, stage: str) -> str:
     parts = {}
     for key in STAGE_INPUTS[stage]:
         top, _, sub = key.partition(".")
-        parts[key] = cfg[top][sub] if sub else cfg[top]
+        parts[key] = cfg[top][sub] if sub else cfg.section(top)
     parts["weights"] = cfg["weights"]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

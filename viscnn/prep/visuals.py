@@ -1,6 +1,7 @@
 """Prep stages for pictures: unit and edge feature visualizations (validated against real images)
 and dataset exemplars. One file per layer, each written atomically, so a resumed run skips the
-layers already done."""
+layers already done; within a layer (and the edges) every rendered batch is kept under
+``featurevis/_partial/`` until the layer is written, so Ctrl-C loses at most one batch."""
 
 from __future__ import annotations
 
@@ -31,8 +32,54 @@ def _unit_batches(ctx, positions: np.ndarray, batch_size: int = 250):
         yield ctx.data.unit_batch(positions[s:s + batch_size])
 
 
+def featurevis_layers(ctx) -> list:
+    """The conv layers to visualize: ``featurevis.layers``, or all of them when it is empty."""
+    convs = ctx.graph.conv_layers()
+    want = ctx.cfg["featurevis"]["layers"]
+    if not want:
+        return convs
+    names = {l.name for l in convs}
+    bad = [w for w in want if w not in names]
+    if bad:
+        from viscnn.errors import ViscnnError
+
+        raise ViscnnError(f"bad config value for featurevis.layers: {bad} are not conv layers; conv layers: "
+                          f"{', '.join(l.name for l in convs)}")
+    return [l for l in convs if l.name in set(want)]
+
+
+def _render_resumable(ctx, render_fn, objectives: list, part_dir, done_key: str, bs: int, bar, steps: int):
+    """``render_fn(chunk)`` over chunks of ``bs`` objectives, each chunk saved under ``part_dir`` as it
+    finishes, so an interrupted run redoes at most one chunk. Each image depends only on its own
+    objective and the seed (see :mod:`viscnn.featurevis.render`), so the chunks equal one call."""
+    import shutil
+
+    from viscnn.featurevis.render import FeatureVisResult
+
+    parts = []
+    for b, s0 in enumerate(range(0, len(objectives), bs)):
+        chunk = objectives[s0:s0 + bs]
+        meta, arr = part_dir / f"{b:05d}.json", part_dir / f"{b:05d}.npy"
+        if meta.is_file() and arr.is_file():
+            d = json.loads(meta.read_text())
+            if d.get("key") == done_key and d.get("objectives") == [str(o) for o in chunk]:
+                parts.append(FeatureVisResult(d["objectives"], np.load(arr), np.asarray(d["objective"], np.float32),
+                                              np.asarray(d["start"], np.float32), settings=d["settings"]))
+                bar.update(len(chunk) * steps)
+                continue
+        res = render_fn(chunk)
+        atomic_save_npy(arr, res.images)
+        atomic_write_text(meta, json.dumps(res.to_json() | {"key": done_key}))
+        parts.append(res)
+    res = FeatureVisResult(sum((r.objectives for r in parts), []), np.concatenate([r.images for r in parts]),
+                           np.concatenate([r.objective for r in parts]), np.concatenate([r.start for r in parts]),
+                           settings=parts[0].settings)
+    return res, lambda: shutil.rmtree(part_dir, ignore_errors=True)
+
+
 def featurevis_stage(ctx) -> dict:
-    from viscnn.featurevis.render import render_edges, render_layer
+    from viscnn.featurevis.objectives import channel, edge
+    from viscnn.featurevis.render import render
     from viscnn.featurevis.validate import validate
 
     kw = _settings(ctx)
@@ -41,37 +88,51 @@ def featurevis_stage(ctx) -> dict:
     out = ctx.out / "featurevis"
     real = _validation_positions(ctx)
     beats, total = 0, 0
-    edges = _top_incoming_edges(ctx, ctx.cfg["featurevis"]["edges_per_node"])
+    layers = featurevis_layers(ctx)
+    edges = _top_incoming_edges(ctx, ctx.cfg["featurevis"]["edges_per_node"], layers)
     steps = kw["steps"]
-    bar = tqdm(total=(sum(l.channels for l in ctx.graph.conv_layers()) + len(edges)) * steps, desc="featurevis",
+    bar = tqdm(total=(sum(l.channels for l in layers) + len(edges)) * steps, desc="featurevis",
                unit="image-step", unit_scale=True)
-    for layer in ctx.graph.conv_layers():
+    draw = lambda objs: render(ctx.model, objs, progress=bar, **kw)  # noqa: E731
+    for layer in layers:
         meta = out / f"{layer.name}.json"
         if meta.is_file() and json.loads(meta.read_text()).get("key") == done_key and (out / f"{layer.name}.npy").is_file():
             d = json.loads(meta.read_text())
             beats, total = beats + sum(d["beats_real"]), total + len(d["beats_real"])
             bar.update(layer.channels * steps)
             continue
-        res = validate(render_layer(ctx.model, layer.name, progress=bar, **kw), ctx.model, _unit_batches(ctx, real), norm)
+        objs = [channel(layer.name, c) for c in range(layer.channels)]
+        res, cleanup = _render_resumable(ctx, draw, objs, out / "_partial" / layer.name, done_key, kw["batch_size"], bar, steps)
+        res = validate(res, ctx.model, _unit_batches(ctx, real), norm)
         beats, total = beats + int(res.beats_real.sum()), total + len(res.beats_real)
         atomic_save_npy(out / f"{layer.name}.npy", res.images)
         atomic_write_text(meta, json.dumps(res.to_json() | {"key": done_key}))
+        cleanup()
     if len(edges):
         emeta = out / "edges.json"
-        if not (emeta.is_file() and json.loads(emeta.read_text()).get("key") == done_key):
+        ekey = json.dumps([done_key, [int(e) for e in edges]])
+        if not (emeta.is_file() and json.loads(emeta.read_text()).get("key") in (done_key, ekey)
+                and json.loads(emeta.read_text()).get("edges") == [int(e) for e in edges]):
             g = ctx.graph
             triples = [(g.layers[int(g.edges[e, 0])].name, int(g.edges[e, 1]), int(g.edges[e, 2])) for e in edges]
-            res = validate(render_edges(ctx.model, triples, graph=g, progress=bar, **kw), ctx.model,
-                           _unit_batches(ctx, real), norm)
+            for l, j, i in triples:
+                g.edge_index(l, j, i)
+            objs = [edge(l, j, i, None) for l, j, i in triples]
+            res, cleanup = _render_resumable(ctx, draw, objs, out / "_partial" / "_edges", ekey, kw["batch_size"], bar, steps)
+            res = validate(res, ctx.model, _unit_batches(ctx, real), norm)
             atomic_save_npy(out / "edges.npy", res.images)
-            atomic_write_text(emeta, json.dumps(res.to_json() | {"key": done_key, "edges": [int(e) for e in edges]}))
+            atomic_write_text(emeta, json.dumps(res.to_json() | {"key": ekey, "edges": [int(e) for e in edges]}))
+            cleanup()
     bar.close()
+    import shutil
+
+    shutil.rmtree(out / "_partial", ignore_errors=True)
     ctx.log(f"[featurevis] {beats}/{total} unit visualizations beat their best real image")
-    return {"featurevis": {"layers": [l.name for l in ctx.graph.conv_layers()], "edges": int(len(edges)),
+    return {"featurevis": {"layers": [l.name for l in layers], "edges": int(len(edges)),
                            "units_beating_real": beats, "units": total}}
 
 
-def _top_incoming_edges(ctx, k: int) -> np.ndarray:
+def _top_incoming_edges(ctx, k: int, layers=None) -> np.ndarray:
     """The ``k`` most important incoming kernels of every conv node (overall taylor score)."""
     if k <= 0:
         return np.zeros(0, np.int64)
@@ -79,12 +140,12 @@ def _top_incoming_edges(ctx, k: int) -> np.ndarray:
     scores = np.abs(np.load(ctx.out / "scores" / metric / "edges.npy", mmap_mode="r")[-1])
     g = ctx.graph
     picked = []
-    for layer in g.conv_layers():
+    for layer in layers if layers is not None else g.conv_layers():
         per = layer.in_channels // layer.groups
         s = np.asarray(scores[layer.edge_offset:layer.edge_offset + layer.num_edges]).reshape(layer.channels, per)
         top = np.argsort(-s, axis=1, kind="stable")[:, :k]
         picked.append(layer.edge_offset + (np.arange(layer.channels)[:, None] * per + top).ravel())
-    return np.sort(np.concatenate(picked))
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
 
 def exemplars_stage(ctx) -> dict:
