@@ -226,6 +226,12 @@ def test_unit_target_runs_in_background(page, server):
     assert page.inner_text("#msg") == ""
     # the run's progress line is cleared once its result is drawn
     page.wait_for_function("(document.querySelector('#run-progress')?.innerText ?? '') === ''")
+    # the page says what the scores rest on: 256 (the default) images of the prepped set, then 64
+    assert "mean over 256 train images of 'all'" in page.inner_text("#edge-info")
+    page.click("#nimages input[value='64']")
+    page.wait_for_function("location.search.includes('n=64')")
+    page.wait_for_function("(document.querySelector('#edge-info')?.innerText ?? '').includes('mean over 64 train images')",
+                           timeout=60000)
     page.fill("#target", "class:nosuchclass")
     page.press("#target", "Enter")
     page.wait_for_function("(document.querySelector('#target-msg')?.innerText ?? '').includes('class')")

@@ -89,7 +89,7 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
                                r.edge_scores, r.signs, labels, sel_node, uirevision=uirev, classes=pm.classes,
                                node_signs=r.node_signs, center_on=cnode)
     hidden = len(edges) - len(drawn)
-    basis = queries.basis(pm, r.query, bool(r.run_key))
+    basis = queries.basis(pm, r.query, bool(r.run_key), r.run_info)
     info = [f"Circuit: {len(circ.nodes)} nodes, {len(edges)} of {g.num_edges} edges. Drawing ",
             html.B(str(len(drawn)), id="drawn-count", title=f"{s['mode']}={st.fmt_value(s['value'])}"), " edges",
             html.Span(f"; {hidden} less important circuit edges hidden (level of detail keeps the top {max_edges})"
@@ -122,6 +122,12 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
                                            f"ranked by |score|; the {TABLE_ROWS} highest of the circuit."}}
 
 
+def progress_bar(done: int, total: int) -> list:
+    """A model run's progress line: a bar and 'images done / total'."""
+    return [html.Progress(value=str(done), max=str(max(total, 1)), className="run-bar"),
+            html.Span(f" {done}/{total} images scored", className="muted")]
+
+
 def circuit_view(actx, s: dict, max_edges: int = graph3d.MAX_EDGES):
     """(figure, info children, cytoscape elements) for a state (see :func:`circuit_props`), or None."""
     p = circuit_props(actx, s, max_edges=max_edges)
@@ -145,19 +151,37 @@ def _error_outputs(actx, s: dict, err: str) -> list:
 
 
 def register(app, actx, manager) -> None:
-    # state -> run-request -> (background) scores-ready -> figure: no callback both asks for a run and
-    # consumes its result, so the dependency graph has no cycle.
+    # state -> run-request (a job starts on the server's thread pool, viscnn.app.jobs) -> run-poll ticks
+    # -> scores-ready -> figure: no callback both asks for a run and consumes its result, so the
+    # dependency graph has no cycle.
     # prevent_initial_call: the page arrives with its first view drawn (callbacks_state.initial_props), and
     # the state only changes, firing these, when the URL or a control asks for another view.
-    @app.callback(Output("run-request", "data"), Input("state", "data"), prevent_initial_call=True)
+    @app.callback(Output("run-request", "data"), Output("run-poll", "disabled"), Input("state", "data"),
+                  prevent_initial_call=True)
     def dispatch(s):
         if not s:
-            return no_update
+            return no_update, no_update
         try:
-            pending = actx.resolve(s).pending
+            r = actx.resolve(s)
         except ViscnnError:
-            return no_update
-        return {"state": s, "key": actx.run_key(s)} if pending else no_update
+            return no_update, no_update
+        if not r.pending:
+            return no_update, no_update
+        key = actx.run_key(s)
+        run = dict(s)
+        actx.jobs.submit(key, lambda progress: actx.compute_run(run, progress))
+        return {"key": key}, False
+
+    @app.callback(Output("scores-ready", "data"), Output("run-poll", "disabled", allow_duplicate=True),
+                  Output("run-status", "children"), Output("run-progress", "children", allow_duplicate=True),
+                  Input("run-poll", "n_intervals"), State("run-request", "data"), prevent_initial_call=True)
+    def poll(_, req):
+        job = actx.jobs.get(req["key"]) if req else None
+        if job is None:
+            return no_update, True, "", ""
+        if not job.finished:
+            return no_update, no_update, "Running the model... ", progress_bar(job.done, job.total)
+        return {"key": job.key, "error": job.error}, True, "", ""
 
     @app.callback([Output(c, p) for c, p in OUTPUTS] + [Output("run-progress", "children", allow_duplicate=True)],
                   Input("state", "data"), Input("scores-ready", "data"), State("center-on", "data"),
@@ -189,20 +213,3 @@ def register(app, actx, manager) -> None:
             return window.viscnn.after3d([t.nodes, t.edges]);
         }""",
         Output("top-nodes", "data"), Output("top-edges", "data"), Input("tables-data", "data"))
-
-    @app.callback(
-        Output("scores-ready", "data"), Input("run-request", "data"),
-        background=True, manager=manager, prevent_initial_call=True,
-        running=[(Output("run-status", "children"), "Running the model... ", "")],
-        progress=[Output("run-progress", "children")],
-    )
-    def run_model(set_progress, req):
-        if not req:
-            return no_update
-        try:
-            key = actx.compute_run(req["state"], lambda k, n: set_progress(f"{k}/{n} image sets"))
-        except ViscnnError as e:
-            return {"key": req.get("key"), "error": str(e)}
-        except Exception as e:  # keep serving; show what went wrong
-            return {"key": req.get("key"), "error": f"model run failed: {type(e).__name__}: {e}"}
-        return {"key": key}

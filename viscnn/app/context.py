@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from viscnn.app import queries, state as st
+from viscnn.app import dataset_sets, queries, state as st
 from viscnn.errors import ViscnnError
 
 
@@ -36,6 +36,7 @@ class Resolved:
     run_key: str = ""
     node_signs: Optional[np.ndarray] = None
     sign_metric: Optional[str] = None  # the signed metric the colours come from (None: the scores' own)
+    run_info: Optional[dict] = None  # what a model run rested on (queries.run_scores), None for prepped scores
 
 
 MAX_UPLOADS_LISTED = 12
@@ -64,6 +65,9 @@ class AppContext:
             self._tmp = tempfile.TemporaryDirectory(prefix="viscnn-app-")
             cache_dir = self._tmp.name
         self.cache = diskcache.Cache(str(cache_dir), size_limit=2 ** 30)
+        from viscnn.app.jobs import Jobs
+
+        self.jobs = Jobs()  # long model runs (viscnn.app.jobs)
         self._pms: Dict[str, object] = {}
         self._memo: "OrderedDict[tuple, object]" = OrderedDict()
         self._lock = threading.Lock()
@@ -168,10 +172,10 @@ class AppContext:
     def run_key(self, s: dict) -> str:
         q = queries.Query(s["target"], s["set"], s["metric"])
         img = s.get("image", "") if queries.IMAGE_SET in s["set"] else ""
-        return f"scores:{s['model']}:{q.key}:{img}"
+        return f"scores:{s['model']}:{q.key}:{img}:n={s.get('n') or dataset_sets.DEFAULT_COUNT}"
 
     def scores(self, s: dict):
-        """(pm, query, node scores, edge scores, signs, pending, run key) for a state."""
+        """(pm, query, node scores, edge scores, signs, pending, run key, run info) for a state."""
         pm = self.prepped(s["model"])
         q = queries.Query(s["target"], s["set"], s["metric"])
         if s["metric"] not in pm.metrics:
@@ -179,15 +183,16 @@ class AppContext:
         if not queries.needs_run(pm, q):
             ns, es = self._memoize(("pre", s["model"], q.key), lambda: queries.precomputed_scores(pm, q), 16)
             signs = self._memoize(("signs", s["model"], q.key), lambda: queries.signed_scores(pm, q.metric, es, q), 16)
-            return pm, q, ns, es, signs, False, ""
+            return pm, q, ns, es, signs, False, "", None
         key = self.run_key(s)
         hit = self.cache.get(key)
         if hit is None:
-            return pm, q, None, None, None, True, key
-        return pm, q, hit[0], hit[1], None, False, key
+            return pm, q, None, None, None, True, key, None
+        return pm, q, hit[0], hit[1], None, False, key, hit[2]
 
     def compute_run(self, s: dict, progress=None) -> str:
-        """Run the model for a state's query and cache the scores (called from a background callback)."""
+        """Run the model for a state's query and cache the scores (called on a job thread,
+        viscnn.app.jobs). ``progress(images done, images in all)``."""
         from viscnn.app.activations import get_model
 
         key = self.run_key(s)
@@ -196,18 +201,19 @@ class AppContext:
         pm = self.prepped(s["model"])
         q = queries.Query(s["target"], s["set"], s["metric"])
         cur = self.image(s["model"], s["image"]) if queries.IMAGE_SET in s["set"] and s.get("image") else None
-        ns, es = queries.run_scores(pm, get_model(pm), q, lambda f: self.gallery_image(s["model"], f), cur, progress)
-        self.cache.set(key, (ns, es), expire=24 * 3600)
+        ns, es, info = queries.run_scores(pm, get_model(pm), q, lambda f: self.gallery_image(s["model"], f), cur,
+                                          progress, s.get("n") or dataset_sets.DEFAULT_COUNT)
+        self.cache.set(key, (ns, es, info), expire=24 * 3600)
         return key
 
     def resolve(self, s: dict) -> Resolved:
-        pm, q, ns, es, signs, pending, key = self.scores(s)
+        pm, q, ns, es, signs, pending, key, info = self.scores(s)
         if pending:
             return Resolved(pm, q, None, None, None, None, True, key)
         thr = st.threshold_kwargs(s["mode"], s["value"])
-        ck = ("circ", s["model"], q.key, s.get("image", "") if key else "", s["mode"], float(s["value"]))
+        ck = ("circ", s["model"], q.key, key, s["mode"], float(s["value"]))  # the run key has the image and count
         targets = self._memoize(("tn", s["model"], s["target"]), lambda: queries.target_nodes(pm, s["target"]), 16)
         circ = self._memoize(ck, lambda: queries.circuit_of(pm.graph, ns, es, thr, targets), 16)
         if signs is None:
-            return Resolved(pm, q, ns, es, None, circ, False, key)
+            return Resolved(pm, q, ns, es, None, circ, False, key, run_info=info)
         return Resolved(pm, q, ns, es, signs[1], circ, False, key, node_signs=signs[0], sign_metric=signs[2])

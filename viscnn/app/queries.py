@@ -3,7 +3,7 @@
 Loss targets over prepped image sets (a class, ``all``, or a combination such as ``Sneaker - all``)
 are answered from the memory-mapped per-set score arrays, without running the model. Any other target
 (``class:K``, ``unit:LAYER:CH``, combinations) or the image set ``image`` (the current input image)
-needs a model run: :func:`run_scores` does it on the prepped gallery images of each named set.
+needs a model run: :func:`run_scores` does it over N images of each named set of the prepped dataset.
 """
 
 from __future__ import annotations
@@ -97,29 +97,54 @@ def gallery_batch(pm, set_name: str, load: Callable[[str], np.ndarray]):
 
 
 def run_scores(pm, model, q: Query, load_gallery: Callable[[str], np.ndarray], current_image: Optional[np.ndarray],
-               progress: Optional[Callable[[int, int], None]] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Scores of any query by running the model: the mean per-image score over each named set's images,
-    combined with the expression's coefficients."""
+               progress: Optional[Callable[[int, int], None]] = None, count=None) -> Tuple[np.ndarray, np.ndarray, dict]:
+    """Scores of any query by running the model: the mean per-image score over ``count`` images of each
+    named set of the prepped dataset (``viscnn.app.dataset_sets``), combined with the expression's
+    coefficients; ``progress(images done, images in all)``. Where the dataset is not on this machine, the
+    prepped gallery images stand in. Returns (node scores, edge scores, what they rest on:
+    {"sets": {name: {"images": n, "source": "dataset"|"gallery"|"image"}}, "fallback": reason or None,
+    "count": the requested count})."""
+    from viscnn.app import dataset_sets as D
     from viscnn.app.activations import to_tensor
     from viscnn.importance.scorer import Scorer
 
     terms = parse_sets(pm, q.image_set)
+    n = D.count_of(count)
     scorer = Scorer(model, pm.graph, parse_target(pm, q.target), metrics=(q.metric,), classes=pm.classes)
-    rows: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
-    for k, (_, name) in enumerate(terms):
-        if progress:
-            progress(k, len(terms))
+    ds, fallback = None, None
+    if any(name != IMAGE_SET for _, name in terms):
+        try:
+            ds = D.open_dataset(pm)
+        except ViscnnError as e:
+            fallback = str(e)
+    plans = {}  # set name -> (source, batches factory, images)
+    for _, name in terms:
+        if name in plans:
+            continue
         if name == IMAGE_SET:
             if current_image is None:
                 raise ViscnnError("image set 'image' needs an input image: pick one from the gallery or upload one")
-            x, labels = to_tensor(current_image, pm), None
+            x = to_tensor(current_image, pm)
+            plans[name] = ("image", lambda x=x: [(x, None)], 1)
+        elif ds is not None:
+            pos = D.set_positions(ds, pm.classes, name, n)
+            plans[name] = ("dataset", lambda pos=pos: D.dataset_batches(ds, pos), len(pos))
         else:
             x, labels = gallery_batch(pm, name, load_gallery)
-        n, e = scorer(x, labels)[q.metric]
-        rows[name] = (n.mean(0).numpy().astype(np.float32), e.mean(0).numpy().astype(np.float32))
+            plans[name] = ("gallery", lambda x=x, labels=labels: [(x, labels)], int(x.shape[0]))
+    total = sum(p[2] for p in plans.values())
+    rows: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    done = 0
     if progress:
-        progress(len(terms), len(terms))
-    return (combine_terms(terms, lambda n: rows[n][0]), combine_terms(terms, lambda n: rows[n][1]))
+        progress(0, total)
+    for name, (source, batches, k) in plans.items():
+        step = (lambda d, t, base=done: progress(base + d, total)) if progress else None
+        ns, es, used = D.mean_scores(scorer, q.metric, batches(), k, step)
+        rows[name] = (ns, es)
+        done += used
+    info = {"sets": {name: {"images": p[2], "source": p[0]} for name, p in plans.items()},
+            "fallback": fallback, "count": "all" if n is None else n}
+    return combine_terms(terms, lambda m: rows[m][0]), combine_terms(terms, lambda m: rows[m][1]), info
 
 
 def circuit_of(graph, node_scores: np.ndarray, edge_scores: np.ndarray, threshold: Dict[str, object],
@@ -152,22 +177,30 @@ def edge_signs(pm, metric: str, image_set_scores: np.ndarray, q: Query) -> Optio
     return None if r is None else r[1]
 
 
-def basis(pm, q: Query, ran: bool) -> str:
-    """What the scores rest on, for the page: how many images of which set, which metric and target."""
+def basis(pm, q: Query, ran: bool, info: Optional[dict] = None) -> str:
+    """What the scores rest on, for the page: how many images of which set, which metric and target.
+    ``info``: what a model run used (:func:`run_scores`); without it, the prepped counts."""
     terms = parse_sets(pm, q.image_set)
     counts = dict(zip(pm.image_sets, pm.manifest.get("image_counts") or []))
     split = (pm.manifest.get("data") or {}).get("split") or "prepped"
-    items = pm.images()
+    used = (info or {}).get("sets") or {}
     parts = []
     for coef, name in terms:
+        u = used.get(name)
         if name == IMAGE_SET:
             n, where = 1, "the current input image"
+        elif ran and u is not None:
+            n = u["images"]
+            where = (f"{split} images of {name!r} (evenly spaced through the prepped set)" if u["source"] == "dataset"
+                     else f"gallery images of {name!r}")
         elif ran:
-            n = len(items) if name == "all" else sum(1 for it in items if it.get("class") == name)
-            where = f"gallery images of {name!r}"
+            n, where = "?", f"images of {name!r}"
         else:
             n, where = counts.get(name), f"{split} images of {name!r}"
         c = "" if coef == 1 else f"{coef:g} x "
         parts.append(f"{c}mean over {n if n is not None else '?'} {where}")
     tgt = q.target.strip() or "loss"
-    return f"Scores: {q.metric} of {tgt}, " + "; ".join(parts) + "."
+    out = f"Scores: {q.metric} of {tgt}, " + "; ".join(parts) + "."
+    if ran and info and info.get("fallback"):
+        out += f" (The prepped dataset is not available here: {info['fallback']}; the gallery images stand in.)"
+    return out

@@ -3,7 +3,7 @@ click-through panels, ablation and snapshots."""
 
 from __future__ import annotations
 
-from viscnn.app.views.circuit.layout import layout  # noqa: F401
+from viscnn.app.views.circuit.layout import PARAMS, layout  # noqa: F401
 
 VIEW = "circuit"
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 from dash import dash_table, dcc, html
 
+from viscnn.app.dataset_sets import COUNTS, DEFAULT_COUNT
 from viscnn.app.figures.cytoscape import MAX_EDGES_2D, STYLESHEET
 from viscnn.app.state import MODES
 from viscnn.app.shell.layout import control, export_buttons, graph_config
+from viscnn.app.viewparams import Param
+
+# the Circuit view's own URL key (the shell owns target, set, metric, threshold...)
+PARAMS = [Param("n", "nimages", "value", DEFAULT_COUNT, kind="choice", choices=COUNTS)]
 
 TIPS = {
     "target": "What the circuit explains. 'loss' (empty = loss): the training loss. 'class:Sneaker' or 'class:7': "
@@ -26,6 +31,9 @@ TIPS = {
              "Applies on Enter or when the field loses focus.",
     "layout": "How a layer's nodes are placed: mds = class-importance MDS (nodes important for the same classes "
               "sit together), pca = its principal components, grid = channel order.",
+    "nimages": "How many images of each image set a model run scores (targets other than the loss, and "
+               "loss over 'image'): that many of the prepped dataset's images of the set, evenly spaced through "
+               "it. Loss scores over prepped sets are precomputed over every image of the set.",
     "search": "Find a node by id (conv2:5), by channel of the class layer, or by class name (Sneaker): "
               "selects it and centres the camera on it.",
 }
@@ -41,6 +49,8 @@ def layout(models) -> html.Div:
         control("Image set", dcc.Input(id="imageset", type="text", debounce=True,
                                        placeholder="all, Sneaker - all, image"), TIPS["imageset"], "190px",
                 msg_id="imageset-msg"),
+        control("Images per set", dcc.RadioItems(id="nimages", options=[{"label": c, "value": c} for c in COUNTS],
+                                                 inline=True, className="radio-compact"), TIPS["nimages"]),
         control("Metric", dcc.Dropdown(id="metric", clearable=False), TIPS["metric"], "150px"),
         control("Threshold", dcc.RadioItems(id="mode", options=[{"label": m, "value": m} for m in MODES],
                                             inline=True), TIPS["mode"]),
@@ -103,6 +113,7 @@ def layout(models) -> html.Div:
         html.Div([graph_col, panel_col], className="main"),
         dcc.Store(id="run-request"), dcc.Store(id="scores-ready"), dcc.Store(id="cyto-data"), dcc.Store(id="tables-data"),
         dcc.Store(id="center-on"),
+        dcc.Interval(id="run-poll", interval=250, disabled=True),  # ticks while a model run is going
         dcc.Download(id="download-json"), dcc.Download(id="download-html"),
         dcc.Download(id="download-nodes-csv"), dcc.Download(id="download-edges-csv"),
     ])

@@ -1,0 +1,99 @@
+"""Model runs in the app score targets over N images of the prepped dataset (issue 12, item 1): the
+app's class target over N images equals compute_scores over the same N images; the images are evenly
+spaced through the set; progress counts images; the page says how many images of which set."""
+
+import numpy as np
+import pytest
+
+from app_fixture import default_model, make_prepped
+from viscnn.app import dataset_sets as D
+from viscnn.app import queries
+from viscnn.app.context import AppContext
+from viscnn.errors import ViscnnError
+
+
+@pytest.fixture(scope="module")
+def fmnist(tmp_path_factory):
+    mdir, name = default_model()
+    return AppContext(mdir, name, tmp_path_factory.mktemp("cache")), name
+
+
+def test_class_target_equals_compute_scores(fmnist):
+    """The reference: the same 64 Sneakers picked by hand from the raw Fashion-MNIST labels, scored by
+    the importance engine's compute_scores."""
+    import torch
+
+    from viscnn.app.activations import get_model
+    from viscnn.data.fashion_mnist import load_fashion_mnist
+    from viscnn.importance.accumulate import compute_scores
+
+    actx, name = fmnist
+    s = actx.defaults(name)
+    s.update(target="class:Sneaker", set="Sneaker", n="64", metric="taylor")
+    seen = []
+    actx.compute_run(s, lambda d, t: seen.append((d, t)))
+    r = actx.resolve(s)
+    assert r.run_info["sets"]["Sneaker"] == {"images": 64, "source": "dataset"}
+    assert seen[0] == (0, 64) and seen[-1] == (64, 64)
+    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+
+    pm = actx.prepped(name)
+    imgs, labels = load_fashion_mnist("train")
+    idx = np.flatnonzero(labels == pm.classes.index("Sneaker"))
+    pick = idx[np.round(np.linspace(0, len(idx) - 1, 64)).astype(int)]
+    norm = pm.manifest["normalize"]
+    x = (torch.from_numpy(imgs[pick]).float().div(255).unsqueeze(1) - norm["mean"][0]) / norm["std"][0]
+    ref = compute_scores(get_model(pm), pm.graph, "class:Sneaker", [(x, torch.from_numpy(labels[pick]))],
+                         ["taylor"], classes=pm.classes)["taylor"]
+    np.testing.assert_allclose(r.node_scores, ref[0], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(r.edge_scores, ref[1], rtol=1e-4, atol=1e-7)
+    line = queries.basis(pm, r.query, True, r.run_info)
+    assert "mean over 64 train images of 'Sneaker'" in line
+
+
+def test_count_is_part_of_the_cache_key(fmnist):
+    actx, name = fmnist
+    s = actx.defaults(name)
+    s.update(target="class:Trouser", set="Trouser")
+    keys = {actx.run_key(dict(s, n=n)) for n in ("64", "256", "all")}
+    assert len(keys) == 3
+
+
+def test_positions_are_evenly_spaced_and_cover_the_set():
+    class DS:
+        labels = np.repeat(np.arange(4), 25)  # sorted by class, like a folder dataset
+    classes = ["a", "b", "c", "d"]
+    pos = D.set_positions(DS, classes, "all", 8)
+    assert len(pos) == 8 and set(DS.labels[pos]) == {0, 1, 2, 3}
+    pos = D.set_positions(DS, classes, "c", 5)
+    assert list(pos) == [50, 56, 62, 68, 74]
+    assert len(D.set_positions(DS, classes, "b", None)) == 25
+    assert len(D.set_positions(DS, classes, "b", 1000)) == 25
+    with pytest.raises(ViscnnError, match="unknown image set"):
+        D.set_positions(DS, classes, "zebra", 4)
+
+
+@pytest.mark.parametrize("text,want", [("64", 64), ("all", None), (None, 256), (" 1024 ", 1024)])
+def test_count_of(text, want):
+    assert D.count_of(text) == want
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "lots"])
+def test_bad_counts(bad):
+    with pytest.raises(ViscnnError):
+        D.count_of(bad)
+
+
+def test_without_the_dataset_the_gallery_stands_in_and_says_so(tmp_path):
+    """A prepped folder whose manifest names no dataset (or one that is not on this machine): the
+    gallery images are scored and the page line says why."""
+    make_prepped(tmp_path, "tiny")
+    actx = AppContext(tmp_path, "tiny", tmp_path / "cache")
+    s = actx.defaults("tiny")
+    s.update(target="class:0", set="all")
+    actx.compute_run(s)
+    r = actx.resolve(s)
+    info = r.run_info
+    assert info["sets"]["all"]["source"] == "gallery" and info["fallback"]
+    line = queries.basis(r.pm, r.query, True, info)
+    assert "gallery images of 'all'" in line and "not available here" in line
