@@ -150,7 +150,7 @@ def _error_outputs(actx, s: dict, err: str) -> list:
     return [out[c] for c, _ in OUTPUTS]
 
 
-def register(app, actx, manager) -> None:
+def register(app, actx) -> None:
     # state -> run-request (a job starts on the server's thread pool, viscnn.app.jobs) -> run-poll ticks
     # -> scores-ready -> figure: no callback both asks for a run and consumes its result, so the
     # dependency graph has no cycle.

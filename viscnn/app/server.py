@@ -11,7 +11,6 @@ def create_app(models_dir=None, model: str = "fmnist", snapshot: Optional[str] =
     """The Dash app. ``model`` is the default view; a model picker lists every prepped model.
     ``snapshot`` (a JSON file) becomes the default view's URL state."""
     import dash
-    from dash import DiskcacheManager
 
     from viscnn.app import callbacks_images, callbacks_state, routes
     from viscnn.app.context import AppContext
@@ -42,9 +41,8 @@ def create_app(models_dir=None, model: str = "fmnist", snapshot: Optional[str] =
 
     # dash-cytoscape's normal bundle: the 2D circuit's SVG is drawn on the server (routes.register_exports),
     # so the 1.4 MB extra bundle (cytoscape-svg and layouts we do not use) stays off the first paint
-    manager = DiskcacheManager(actx.cache)
     app = dash.Dash(__name__, title="viscnn", assets_folder=str(REPO_DIR / "assets"),
-                    suppress_callback_exceptions=True, background_callback_manager=manager,
+                    suppress_callback_exceptions=True,
                     update_title=None)
     # window.Plotly comes from assets/plotly-viscnn.min.js, a partial bundle of the trace types we draw
     # (1.9 MB instead of 4.8 MB; tools/plotly-bundle rebuilds it); dcc.Graph then never fetches plotly.min.js
@@ -65,7 +63,7 @@ def create_app(models_dir=None, model: str = "fmnist", snapshot: Optional[str] =
     callbacks_state.register(app, actx)
     callbacks_images.register(app, actx)
     for pkg in view_packages().values():
-        pkg.register(app, actx, manager)
+        pkg.register(app, actx)
     app.viscnn = actx
     return app
 

@@ -1,6 +1,6 @@
 """The app's views, one small package each over the shared shell (``viscnn.app.shell``).
 
-A view package has ``layout(models) -> component`` and ``register(app, actx, manager)``; the shell
+A view package has ``layout(models) -> component`` and ``register(app, actx)``; the shell
 shows one at a time (the ``view`` key of the URL)."""
 
 from __future__ import annotations

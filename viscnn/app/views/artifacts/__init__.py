@@ -8,7 +8,7 @@ from viscnn.app.views.artifacts.layout import PARAMS, layout  # noqa: F401
 VIEW = "artifacts"
 
 
-def register(app, actx, manager) -> None:
+def register(app, actx) -> None:
     from viscnn.app.views.artifacts import callbacks
 
     callbacks.register(app, actx)

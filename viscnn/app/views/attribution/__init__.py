@@ -8,7 +8,7 @@ from viscnn.app.views.attribution.layout import PARAMS, layout  # noqa: F401
 VIEW = "attribution"
 
 
-def register(app, actx, manager) -> None:
+def register(app, actx) -> None:
     from viscnn.app.views.attribution import callbacks
 
     callbacks.register(app, actx)

@@ -8,9 +8,9 @@ from viscnn.app.views.circuit.layout import PARAMS, layout  # noqa: F401
 VIEW = "circuit"
 
 
-def register(app, actx, manager) -> None:
+def register(app, actx) -> None:
     from viscnn.app import callbacks_graph, callbacks_panels, callbacks_snapshot
 
-    callbacks_graph.register(app, actx, manager)
+    callbacks_graph.register(app, actx)
     callbacks_panels.register(app, actx)
     callbacks_snapshot.register(app, actx)

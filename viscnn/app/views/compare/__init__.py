@@ -8,7 +8,7 @@ from viscnn.app.views.compare.layout import PARAMS, layout  # noqa: F401
 VIEW = "compare"
 
 
-def register(app, actx, manager) -> None:
+def register(app, actx) -> None:
     from viscnn.app.views.compare import callbacks
 
     callbacks.register(app, actx)
