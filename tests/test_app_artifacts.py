@@ -1,5 +1,6 @@
 """The Artifacts view without a browser: props for a state, the compare size, bad input."""
 
+from viscnn.app.views import drawn_now
 import pytest
 
 from app_fixture import make_prepped
@@ -21,7 +22,7 @@ def test_strip_drill_patches_padding(app):
 
     actx = app.viscnn
     s = dict(actx.defaults("tiny"), view="artifacts", baseline="random:4", dscale="permap")
-    p = artifacts_props(actx, s)
+    p = drawn_now(actx, artifacts_props, s)
     pm = actx.prepped("tiny")
     convs = [l.name for l in pm.graph.layers if l.kind == "conv"]
     a = _analysis(actx, "tiny", s, tuple(pm.input_shape[1:]))
@@ -44,7 +45,7 @@ def test_compare_size_and_errors(app):
 
     actx = app.viscnn
     s = dict(actx.defaults("tiny"), view="artifacts", cmpsize="29x29")
-    p = artifacts_props(actx, s)
+    p = drawn_now(actx, artifacts_props, s)
     heads = [c.children for c in _walk(p["art-body"]["children"]) if type(c).__name__ == "H4"]
     assert any(h.startswith("Side by side with 29×29") for h in heads)
     assert any(h.startswith("Padding audit at 29×29") for h in heads)
@@ -52,9 +53,9 @@ def test_compare_size_and_errors(app):
     with pytest.raises(ViscnnError, match="compare size"):
         parse_size("big")
     with pytest.raises(ViscnnError, match="no conv layer"):
-        artifacts_props(actx, dict(s, drill="nope"))
+        drawn_now(actx, artifacts_props, dict(s, drill="nope"))
     with pytest.raises(ViscnnError):
-        artifacts_props(actx, dict(s, cmpsize="", baseline="stimulus:triangle"))
+        drawn_now(actx, artifacts_props, dict(s, cmpsize="", baseline="stimulus:triangle"))
 
 
 def test_compare_with_another_prepped_model(tmp_path):
@@ -64,9 +65,9 @@ def test_compare_with_another_prepped_model(tmp_path):
     make_prepped(tmp_path, "tiny")
     make_prepped(tmp_path, "big", input_shape=(1, 32, 32))
     actx = create_app(tmp_path, "tiny", cache_dir=tmp_path / "cache").viscnn
-    p = artifacts_props(actx, dict(actx.defaults("tiny"), view="artifacts", cmpmodel="big"))
+    p = drawn_now(actx, artifacts_props, dict(actx.defaults("tiny"), view="artifacts", cmpmodel="big"))
     heads = [c.children for c in _walk(p["art-body"]["children"]) if type(c).__name__ == "H4"]
     assert any(h.startswith("Side by side with big at 32×32") for h in heads), heads
     assert any(h.startswith("Padding audit at 32×32") for h in heads)
     with pytest.raises(ViscnnError, match="no prepped model"):
-        artifacts_props(actx, dict(actx.defaults("tiny"), view="artifacts", cmpmodel="nope"))
+        drawn_now(actx, artifacts_props, dict(actx.defaults("tiny"), view="artifacts", cmpmodel="nope"))

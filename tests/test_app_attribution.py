@@ -1,5 +1,6 @@
 """The Attribution view without a browser: its props for a state, its URL keys, its errors."""
 
+from viscnn.app.views import drawn_now
 import numpy as np
 import pytest
 import torch
@@ -24,7 +25,7 @@ def test_every_method_drawn_with_its_scale(app):
 
     actx = app.viscnn
     s = dict(actx.defaults("tiny"), view="attribution", methods=list(METHODS))
-    p = attribution_props(actx, s)
+    p = drawn_now(actx, attribution_props, s)
     assert "predicted class" in p["attr-info"]["children"]
     graphs = [c for c in _walk(p["attr-maps"]["children"]) if type(c).__name__ == "Graph"]
     heat = [g.figure["data"][0] for g in graphs if g.figure["data"][0]["type"] == "heatmap"]
@@ -33,7 +34,7 @@ def test_every_method_drawn_with_its_scale(app):
     for tr in heat:  # signed maps: symmetric about zero; magnitudes from zero
         assert tr["zmin"] == -tr["zmax"] or tr["zmin"] == 0
     # a shared scale puts every signed map on one limit
-    p2 = attribution_props(actx, dict(s, ascale="shared"))
+    p2 = drawn_now(actx, attribution_props, dict(s, ascale="shared"))
     heat2 = [g.figure["data"][0] for g in _walk(p2["attr-maps"]["children"]) if type(g).__name__ == "Graph"
              and g.figure["data"][0]["type"] == "heatmap"]
     assert len({tr["zmax"] for tr in heat2 if tr["zmin"] < 0}) == 1
@@ -45,11 +46,11 @@ def test_circuit_only_row_and_bad_layer(app):
 
     actx = app.viscnn
     s = dict(actx.defaults("tiny"), view="attribution", methods=["gradient"], arestrict=True, mode="mass", value=0.5)
-    p = attribution_props(actx, s)
+    p = drawn_now(actx, attribution_props, s)
     titles = [c.children for c in _walk(p["attr-maps"]["children"]) if type(c).__name__ == "H4"]
     assert titles[0] == "Full model" and titles[1].startswith("Circuit only:")
     with pytest.raises(ViscnnError, match="no conv layer"):
-        attribution_props(actx, dict(s, alayer="nope"))
+        drawn_now(actx, attribution_props, dict(s, alayer="nope"))
 
 
 def test_url_keys_round_trip(app):
@@ -90,7 +91,7 @@ def test_compare_view_across_models_and_sizes(tmp_path):
     app = create_app(tmp_path, "tiny", cache_dir=tmp_path / "cache")
     actx = app.viscnn
     s = dict(actx.defaults("tiny"), view="compare", cmethod="gradient", csize="40x40", cscale="raw")
-    p = compare_props(actx, s)
+    p = drawn_now(actx, compare_props, s)
     graphs = [c for c in _walk(p["cmp-body"]["children"]) if type(c).__name__ == "Graph"]
     titles = [g.figure["layout"]["title"]["text"] for g in graphs]
     assert len(graphs) == 3 and titles[0].startswith("tiny (this model)") and titles[1].startswith("tiny2")

@@ -16,6 +16,7 @@ from viscnn.app import queries, routes
 from viscnn.app import state as st
 from viscnn.app.figures import cytoscape as cy
 from viscnn.app.figures import graph3d
+from viscnn.app.shell.layout import progress_line
 from viscnn.errors import ViscnnError
 
 # (component, prop) pairs the update callback writes, in order
@@ -122,12 +123,6 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
                                            f"ranked by |score|; the {TABLE_ROWS} highest of the circuit."}}
 
 
-def progress_bar(done: int, total: int) -> list:
-    """A model run's progress line: a bar and 'images done / total'."""
-    return [html.Progress(value=str(done), max=str(max(total, 1)), className="run-bar"),
-            html.Span(f" {done}/{total} images scored", className="muted")]
-
-
 def circuit_view(actx, s: dict, max_edges: int = graph3d.MAX_EDGES):
     """(figure, info children, cytoscape elements) for a state (see :func:`circuit_props`), or None."""
     p = circuit_props(actx, s, max_edges=max_edges)
@@ -180,7 +175,7 @@ def register(app, actx) -> None:
         if job is None:
             return no_update, True, "", ""
         if not job.finished:
-            return no_update, no_update, "Running the model... ", progress_bar(job.done, job.total)
+            return no_update, no_update, "Running the model... ", progress_line(job.done, job.total)
         return {"key": job.key, "error": job.error}, True, "", ""
 
     @app.callback([Output(c, p) for c, p in OUTPUTS] + [Output("run-progress", "children", allow_duplicate=True)],

@@ -69,7 +69,7 @@ class AppContext:
 
         self.jobs = Jobs()  # long model runs (viscnn.app.jobs)
         self._pms: Dict[str, object] = {}
-        self._memo: "OrderedDict[tuple, object]" = OrderedDict()
+        self._memo: Dict[str, "OrderedDict[tuple, object]"] = {}  # per kind: see _lru
         self._lock = threading.Lock()
         ref = weakref.ref(self)
         # background callbacks fork this threaded server: give the child a lock nobody holds
@@ -98,16 +98,28 @@ class AppContext:
         pm = self.prepped(name)
         return st.default_state(name, pm.metrics, self.layouts(name), [it["file"] for it in pm.images()])
 
+    def _lru(self, key) -> "OrderedDict":
+        """Memo entries are kept per kind (a tuple key's first item), each kind with its own size bound,
+        so that one kind's entries never push out another's."""
+        kind = key[0] if isinstance(key, tuple) and key else "_"
+        return self._memo.setdefault(kind, OrderedDict())
+
+    def memo_get(self, key):
+        """The memoized value of ``key``, or None."""
+        with self._lock:
+            return self._lru(key).get(key)
+
     def _memoize(self, key, fn, size: int = 64):
         with self._lock:
-            if key in self._memo:
-                self._memo.move_to_end(key)
-                return self._memo[key]
+            lru = self._lru(key)
+            if key in lru:
+                lru.move_to_end(key)
+                return lru[key]
         v = fn()
         with self._lock:
-            self._memo[key] = v
-            while len(self._memo) > size:
-                self._memo.popitem(last=False)
+            lru[key] = v
+            while len(lru) > size:
+                lru.popitem(last=False)
         return v
 
     def positions(self, name: str, layout: str) -> np.ndarray:

@@ -49,12 +49,13 @@ class Jobs:
         self._jobs: Dict[str, Job] = {}
         self._lock = threading.Lock()
 
-    def submit(self, key: str, fn: Callable[[Callable[[int, int], None]], None]) -> Job:
-        """Start ``fn(progress)`` for ``key`` unless that job is running or finished without an error."""
+    def submit(self, key: str, fn: Callable[[Callable[[int, int], None]], None], force: bool = False) -> Job:
+        """Start ``fn(progress)`` for ``key`` unless that job is running, or finished without an error
+        (``force``: rerun a finished one, e.g. when the value it made has been dropped since)."""
         with self._lock:
             self._prune()
             job = self._jobs.get(key)
-            if job is not None and (not job.finished or job.error is None):
+            if job is not None and (not job.finished or (job.error is None and not force)):
                 return job
             job = self._jobs[key] = Job(key)
         self._pool.submit(self._run, job, fn)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 from torch import nn
@@ -72,22 +72,31 @@ def check_layer(model: nn.Module, layer: Optional[str]) -> None:
 def analyse(model: nn.Module, input_shape: Sequence[int], normalize: Optional[dict] = None, baseline: str = "random:8",
             images: Optional[str] = None, patch_images: int = 256, stage: str = "conv", layer: Optional[str] = None,
             batch_size: int = 16, device: str = "cpu", model_name: str = "", search: int = 256,
-            drill: bool = True, patches: bool = True) -> Analysis:
+            drill: bool = True, patches: bool = True,
+            progress: Optional[Callable[[int, int], None]] = None) -> Analysis:
     """Padding audit, mean maps, drill-down and mean patches of ``model`` at ``input_shape`` (C, H, W).
 
     The baseline feeds the mean maps and the drill-down (default layer: the one whose mean map
     scores highest). Mean patches are averaged over ``patch_images`` images of ``images`` (an
-    image-set spec) or, without it, of the uniform random baseline ``random:patch_images``."""
+    image-set spec) or, without it, of the uniform random baseline ``random:patch_images``.
+    ``progress(percent done, 100)``: the padding audit, mean maps and drill-down count 10 each, the
+    patches (the long part) the rest, image by image."""
     c, h, w = (int(v) for v in input_shape)
+    share = {1: 10, 2: 20, 3: 30} if patches else {1: 33, 2: 66, 3: 100}
+    step = (lambda k: progress(share[k] if k in share else 100, 100)) if progress else (lambda k: None)
+    if progress:
+        progress(0, 100)
     t0 = time.perf_counter()
     auditor = PaddingAuditor(model, c, model_name)
     pad = auditor.report((h, w), search)
     check_layer(model, layer)
     sec = {"padding": time.perf_counter() - t0}
+    step(1)
     baseline_count(baseline)  # validates random:K before any forward pass
     t = time.perf_counter()
     maps = mean_maps(model, baseline_batches(baseline, (c, h, w), normalize, batch_size), stage=stage, device=device)
     sec["mean_maps"] = time.perf_counter() - t
+    step(2)
     const = is_constant(baseline)
     scores = [artifact_score(m.map, const) for m in maps]
     a = Analysis(model_name or type(model).__name__, (c, h, w), normalize, baseline, stage, pad, maps, scores, seconds=sec)
@@ -98,6 +107,7 @@ def analyse(model: nn.Module, input_shape: Sequence[int], normalize: Optional[di
         a.drill_scores = [artifact_score(m, const) for m in a.drill.maps]
         a.drill_order = rank_maps(a.drill.maps, const)
         sec["drilldown"] = time.perf_counter() - t
+    step(3)
     if patches:
         if patch_images < 1:
             raise ViscnnError("the number of patch images must be at least 1")
@@ -111,7 +121,20 @@ def analyse(model: nn.Module, input_shape: Sequence[int], normalize: Optional[di
         else:
             a.patch_source = f"random:{patch_images}"
             batches = baseline_batches(a.patch_source, (c, h, w), normalize, batch_size)
+        if progress:
+            batches = _counted(batches, min(patch_images, len(src)) if images else patch_images,
+                               lambda f: progress(30 + int(70 * f), 100))
         a.patches = mean_patches(model, batches, device=device)
         sec["patches"] = time.perf_counter() - t
+        step(4)
     a.seconds = {k: round(v, 3) for k, v in sec.items()}
     return a
+
+
+def _counted(batches, total: int, report):
+    """``batches`` passed through, reporting the fraction of ``total`` images seen after each."""
+    seen = 0
+    for b in batches:
+        yield b
+        seen += int(b[0].shape[0])
+        report(min(1.0, seen / max(total, 1)))

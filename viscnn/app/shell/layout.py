@@ -39,6 +39,14 @@ def export_buttons(target: str, what: str) -> List[html.Button]:
             for fmt in ("png", "svg")]
 
 
+def progress_line(done: int, total: int, what: str = "images scored") -> list:
+    """A long computation's progress: a bar (indeterminate while the total is unknown) and 'done / total'."""
+    if total <= 0:
+        return [html.Progress(className="run-bar"), html.Span(f" {what}...", className="muted")]
+    return [html.Progress(value=str(done), max=str(total), className="run-bar"),
+            html.Span(f" {what}: {done}/{total}", className="muted")]
+
+
 HELP = [
     html.H4("How to read this"),
     html.Ul([

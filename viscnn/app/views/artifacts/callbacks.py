@@ -12,6 +12,7 @@ import numpy as np
 from dash import ALL, Input, Output, ctx, dash_table, html, no_update
 
 from viscnn.app.figures.colors import diverging_css, symmetric_limit
+from viscnn.app.views import slow
 from viscnn.errors import ViscnnError
 
 OUTPUTS = [("art-body", "children"), ("art-info", "children"), ("art-msg", "children"), ("art-drill", "options")]
@@ -60,12 +61,12 @@ def _analysis(actx, name: str, s: dict, hw: Tuple[int, int]):
     pm = actx.prepped(name)
     key = ("art", name, s.get("baseline"), s.get("astage"), s.get("drill") or "", hw)
 
-    def make():
+    def make(progress):
         return analyse(get_model(pm), (pm.input_shape[0], *hw), pm.normalize, s.get("baseline") or "zero",
                        images=patch_source(pm), patch_images=PATCH_IMAGES, stage=s.get("astage") or "conv",
-                       layer=s.get("drill") or None, model_name=name)
+                       layer=s.get("drill") or None, model_name=name, progress=progress)
 
-    return actx._memoize(key, make, 8)
+    return slow(actx, key, make, f"analysing {name} at {hw[0]}×{hw[1]} (padding, mean maps, drill-down, patches), percent done", 8)
 
 
 def _strip(a, lim_all: Optional[float] = None) -> html.Div:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dash import dcc, html
 
 from viscnn.app.viewparams import Param
+from viscnn.app.views import run_line
 
 BASELINES = [("zero", "zero (the mean image)"), ("black", "black"), ("white", "white"), ("random:8", "random:8 (uniform noise)"),
              ("stimulus:dot", "stimulus: dot"), ("stimulus:checker", "stimulus: checker"), ("stimulus:vbar", "stimulus: vertical bar")]
@@ -53,5 +54,6 @@ def layout(models) -> html.Div:
         ], className="row"),
         html.Div(id="art-info", className="info"),
         html.Div(id="art-msg", className="warn"),
+        *run_line("artifacts"),  # progress of its long computations (viscnn.app.views.Pending)
         dcc.Loading(html.Div(id="art-body"), type="dot"),
     ], id="artifacts-view")

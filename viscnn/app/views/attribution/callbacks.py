@@ -11,6 +11,7 @@ from dash import dcc, html
 from viscnn.app.figures.colors import symmetric_limit
 from viscnn.app.figures.panels import heatmap, image_figure
 from viscnn.app.views.attribution.compute import METHODS, AttributionResult, attribute_image
+from viscnn.app.views import slow
 from viscnn.errors import ViscnnError
 
 OUTPUTS = [("attr-maps", "children"), ("attr-info", "children"), ("attr-msg", "children"), ("attr-layer", "options")]
@@ -95,7 +96,10 @@ def attribution_props(actx, s: dict) -> Dict[str, dict]:
     blocks, first = [], None
     for title, edges, key in rows:
         model, net = _nets(actx, name, edges, key)
-        res = attribute_image(model, x, methods, s.get("atarget") or "", layer, classes, thr, net=net)
+        tgt = s.get("atarget") or ""
+        res = slow(actx, ("attr-res", name, key, s["image"], tuple(methods), tgt, layer, thr),
+                   lambda progress, model=model, net=net: attribute_image(model, x, methods, tgt, layer, classes, thr, net=net),
+                   f"{', '.join(methods)} on the input image", 16)
         first = first or res
         blocks.append(_row(title, res, s.get("ascale", "permap"), in_circuit=edges is not None))
     img = [html.Div(dcc.Graph(figure=image_figure(arr, title="input image", height=MAP_H), config={"displaylogo": False}),

@@ -7,6 +7,7 @@ from dash import dcc, html
 
 from viscnn.app.viewparams import Param
 from viscnn.app.views.attribution.compute import DEFAULT_METHODS, METHODS
+from viscnn.app.views import run_line
 
 PARAMS = [
     Param("methods", "attr-methods", "value", list(DEFAULT_METHODS), "multi", tuple(METHODS)),
@@ -54,5 +55,6 @@ def layout(models) -> html.Div:
         ], className="row"),
         html.Div(id="attr-info", className="info"),
         html.Div(id="attr-msg", className="warn"),
+        *run_line("attribution"),  # progress of its long computations (viscnn.app.views.Pending)
         dcc.Loading(html.Div(id="attr-maps", className="attr-grid"), type="dot"),
     ], id="attribution-view")

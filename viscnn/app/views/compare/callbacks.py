@@ -13,6 +13,7 @@ from viscnn.app.figures.colors import symmetric_limit
 from viscnn.app.figures.panels import heatmap
 from viscnn.app.views.artifacts.callbacks import parse_size
 from viscnn.app.views.attribution.compute import METHODS, attribute_image
+from viscnn.app.views import slow
 from viscnn.errors import ViscnnError
 
 OUTPUTS = [("cmp-body", "children"), ("cmp-info", "children"), ("cmp-msg", "children")]
@@ -100,10 +101,19 @@ def compare_props(actx, s: dict) -> Dict[str, dict]:
         model, net = _nets(actx, mname, None, "full")
         try:
             x = to_tensor(a, po)
-            r = attribute_image(model, x, [method], s.get("ctarget") or "", "", list(po.classes or []), net=net)
-            results.append((title, r, None))
         except ViscnnError as e:
             results.append((title, None, str(e)))
+            continue
+        tgt = s.get("ctarget") or ""
+
+        def run(progress, model=model, net=net, x=x, po=po):
+            try:
+                return attribute_image(model, x, [method], tgt, "", list(po.classes or []), net=net)
+            except ViscnnError as e:  # kept (memoized) as this model's answer: its cell says why
+                return e
+        r = slow(actx, ("cmp-res", mname, title, s["image"], method, tgt, tuple(x.shape[-2:])), run,
+                 f"{method} on {mname}", 32)
+        results.append((title, None, str(r)) if isinstance(r, ViscnnError) else (title, r, None))
     maps = [r.maps[0] for _, r, _ in results if r is not None and r.maps[0].map2d is not None]
     raw = s.get("cscale") == "raw"
     signed = bool(maps and maps[0].signed)

@@ -6,6 +6,7 @@ from dash import dcc, html
 
 from viscnn.app.viewparams import Param
 from viscnn.app.views.attribution.compute import METHODS
+from viscnn.app.views import run_line
 
 PARAMS = [
     Param("cmethod", "cmp-method", "value", "gradcam", "choice", tuple(METHODS)),
@@ -38,5 +39,6 @@ def layout(models) -> html.Div:
         ], className="row"),
         html.Div(id="cmp-info", className="info"),
         html.Div(id="cmp-msg", className="warn"),
+        *run_line("compare"),  # progress of its long computations (viscnn.app.views.Pending)
         dcc.Loading(html.Div(id="cmp-body"), type="dot"),
     ], id="compare-view")
