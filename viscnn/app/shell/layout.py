@@ -40,11 +40,13 @@ def export_buttons(target: str, what: str) -> List[html.Button]:
 
 
 def progress_line(done: int, total: int, what: str = "images scored") -> list:
-    """A long computation's progress: a bar (indeterminate while the total is unknown) and 'done / total'."""
+    """A long computation's progress: a bar (indeterminate while the total is unknown) and 'done / total'
+    (a percentage when the total is 100)."""
     if total <= 0:
-        return [html.Progress(className="run-bar"), html.Span(f" {what}...", className="muted")]
+        return [html.Progress(className="run-bar"), html.Span(f" {what}: starting", className="muted")]
+    count = f"{round(100 * done / total)}%" if total == 100 else f"{done}/{total}"
     return [html.Progress(value=str(done), max=str(total), className="run-bar"),
-            html.Span(f" {what}: {done}/{total}", className="muted")]
+            html.Span(f" {what}: {count}", className="muted")]
 
 
 HELP = [

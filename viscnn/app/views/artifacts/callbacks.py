@@ -66,7 +66,7 @@ def _analysis(actx, name: str, s: dict, hw: Tuple[int, int]):
                        images=patch_source(pm), patch_images=PATCH_IMAGES, stage=s.get("astage") or "conv",
                        layer=s.get("drill") or None, model_name=name, progress=progress)
 
-    return slow(actx, key, make, f"analysing {name} at {hw[0]}×{hw[1]} (padding, mean maps, drill-down, patches), percent done", 8)
+    return slow(actx, key, make, f"analysing {name} at {hw[0]}×{hw[1]} (padding audit, mean maps, drill-down, patches)", 8)
 
 
 def _strip(a, lim_all: Optional[float] = None) -> html.Div:

@@ -39,6 +39,14 @@ TIPS = {
 }
 
 
+# what the graph panel shows until a figure arrives (a model run for a target): no empty axes
+WAITING = {"data": [], "layout": {
+    "xaxis": {"visible": False}, "yaxis": {"visible": False}, "paper_bgcolor": "white", "plot_bgcolor": "white",
+    "margin": {"l": 0, "r": 0, "t": 0, "b": 0},
+    "annotations": [{"text": "The graph is drawn when the scores for this target are ready.", "showarrow": False,
+                     "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "font": {"size": 14, "color": "#777"}}]}}
+
+
 def layout(models) -> html.Div:
     import dash_cytoscape as cyto
 
@@ -66,7 +74,8 @@ def layout(models) -> html.Div:
     graph_col = html.Div([
         html.Div(id="edge-info", className="info"),
         html.Div(id="legend", className="legend"),
-        html.Div(dcc.Graph(id="graph3d", style={"height": "60vh", "minHeight": "420px"}, config=graph_config("graph3d")),
+        html.Div(dcc.Graph(id="graph3d", figure=WAITING, style={"height": "60vh", "minHeight": "420px"},
+                           config=graph_config("graph3d")),
                  id="graph-wrap"),
         html.Div([html.Span(id="run-status"), html.Span(id="run-progress")], className="info"),
         html.Div([html.Span("Export:", className="muted"),
