@@ -1,7 +1,14 @@
 """How well a circuit alone reproduces the target: a copy of the model with every kernel outside
 the circuit zeroed is run on the image set, and its per-image target values are compared with
 the full model's (Pearson, Spearman, relative error), next to random circuits of equal size
-(the same number of kernels in every layer)."""
+(the same number of kernels in every layer).
+
+Fair measurement (what :mod:`benchmarks.circuits` and ``viscnn circuit`` do): measure on images
+*held out* from the ones the circuit was found on (:func:`heldout_spec`); compare with the best of
+several random circuits; ``ablation="mean"`` replaces removed kernels by their image-mean maps
+(:mod:`.ablation`); for a class target, whether predictions are kept is asked with the class layer
+whole (only the conv kernels masked): accuracy on the measured images, and how often images of
+``other_batches`` are now called the target class."""
 
 from __future__ import annotations
 
@@ -67,18 +74,52 @@ def compare(full: np.ndarray, part: np.ndarray) -> Dict[str, Optional[float]]:
     return {"pearson": pr, "spearman": sr, "relative_error": rel}
 
 
+def heldout_spec(spec: str) -> Optional[str]:
+    """The image set just after ``spec`` and as large, when the spec can say so
+    (``fmnist:SPLIT:CLASS:N[:SKIP]`` -> ``fmnist:SPLIT:CLASS:N:SKIP+N``); else None."""
+    parts = spec.strip().split(":")
+    if parts[0] != "fmnist" or len(parts) not in (4, 5) or not all(p.isdigit() for p in parts[3:]):
+        return None
+    n, skip = int(parts[3]), int(parts[4]) if len(parts) == 5 else 0
+    return ":".join(parts[:4] + [str(skip + n)])
+
+
+def _class_of(target: Target) -> Optional[int]:
+    return target.terms[0][1].channel if len(target.terms) == 1 and target.terms[0][1].kind == "class" else None
+
+
+def _variant(model, graph, edges, ablation, means):
+    if ablation == "zero":
+        return masked_model(model, graph, edges)
+    from viscnn.importance.ablation import ablated_model
+
+    return ablated_model(model, graph, edges, ablation, means)
+
+
 def faithfulness(model: nn.Module, graph: Graph, target: Target, circuit: Circuit,
-                 batches: Iterable, n_random: int = 5, seed: int = 0, device=None) -> dict:
+                 batches: Iterable, n_random: int = 5, seed: int = 0, device=None, *, ablation: str = "zero",
+                 means=None, other_batches: Optional[Iterable] = None) -> dict:
     """Faithfulness report of ``circuit`` over ``batches`` of ``(x, labels or None)`` (one pass).
 
     For ``loss`` without labels, the full model's predictions are the labels of every copy.
+    ``ablation``/``means``: how removed kernels are replaced (:mod:`.ablation`; ``means`` from
+    :func:`~viscnn.importance.ablation.layer_input_means` on the scoring images, not these).
+    ``other_batches``: images of other classes, for a class target's false-positive rate.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     rng = np.random.default_rng(seed)
-    variants = {"full": working_copy(model), "circuit": masked_model(model, graph, circuit.edges)}
+    variants = {"full": working_copy(model), "circuit": _variant(model, graph, circuit.edges, ablation, means)}
     for r in range(n_random):
-        variants[f"random{r}"] = masked_model(model, graph, random_edges(graph, circuit.edges, rng))
+        variants[f"random{r}"] = _variant(model, graph, random_edges(graph, circuit.edges, rng), ablation, means)
+    k_cls = _class_of(target)
+    whole = None
+    if k_cls is not None and graph.layers[-1].kind == "linear":  # class layer whole: only conv kernels masked
+        last = graph.layers[-1]
+        lin = np.arange(last.edge_offset, last.edge_offset + last.num_edges)
+        ce = np.asarray(circuit.edges, np.int64)
+        whole = _variant(model, graph, np.union1d(ce[ce < last.edge_offset], lin), ablation, means).to(device)
     vals: Dict[str, List[np.ndarray]] = {k: [] for k in variants}
+    preds: Dict[str, List[np.ndarray]] = {"full": [], "circuit": [], "labels": []}
     mods = {k: layer_modules(m.to(device), graph) for k, m in variants.items()}
     for x, y in batches:
         x = x.to(device)
@@ -87,7 +128,13 @@ def faithfulness(model: nn.Module, graph: Graph, target: Target, circuit: Circui
             cap = capture(m, mods[k], graph, target, x, labels, clone=True, need_grads=False)
             if k == "full" and labels is None and cap.logits is not None:
                 labels = cap.logits.argmax(1)
+            if k == "full" and whole is not None:
+                preds["full"].append(cap.logits.argmax(1).cpu().numpy())
             vals[k].append(cap.values.double().cpu().numpy())
+        if whole is not None:
+            with torch.no_grad():
+                preds["circuit"].append(whole(x).argmax(1).cpu().numpy())
+            preds["labels"].append(np.full(len(x), k_cls) if y is None else y.numpy())
     if not vals["full"]:
         raise ViscnnError("no images for the faithfulness check")
     v = {k: np.concatenate(a) for k, a in vals.items()}
@@ -97,7 +144,26 @@ def faithfulness(model: nn.Module, graph: Graph, target: Target, circuit: Circui
         xs = [r[key] for r in rand if r[key] is not None]
         summary[key] = float(np.mean(xs)) if xs else None
         summary[key + "_std"] = float(np.std(xs)) if xs else None
-    return {"images": int(len(v["full"])), "nodes": int(len(circuit.nodes)), "edges": int(len(circuit.edges)),
+        summary[key + "_best"] = (float(min(xs)) if key == "relative_error" else float(max(xs))) if xs else None
+    extra = {}
+    if whole is not None:
+        lab, pf, pc = (np.concatenate(preds[k]) for k in ("labels", "full", "circuit"))
+        extra["predictions"] = {"class": int(k_cls), "accuracy_full": float(np.mean(pf == lab)),
+                                "accuracy_circuit": float(np.mean(pc == lab))}
+        if other_batches is not None:
+            full_m = variants["full"]
+            of, oc = [], []
+            with torch.no_grad():
+                for x, _ in other_batches:
+                    x = x.to(device)
+                    of.append(full_m(x).argmax(1).cpu().numpy() == k_cls)
+                    oc.append(whole(x).argmax(1).cpu().numpy() == k_cls)
+            extra["predictions"].update(others=int(sum(len(a) for a in of)),
+                                        others_called_class_full=float(np.mean(np.concatenate(of))),
+                                        others_called_class_circuit=float(np.mean(np.concatenate(oc))))
+    if not len(circuit.edges):
+        extra["warning"] = "the circuit is empty: no path from the input to the target survives its threshold"
+    return {**extra, "ablation": ablation,"images": int(len(v["full"])), "nodes": int(len(circuit.nodes)), "edges": int(len(circuit.edges)),
             "total_edges": int(graph.num_edges), "circuit": compare(v["full"], v["circuit"]),
             "random": summary, "random_circuits": n_random,
             "target_mean": float(np.mean(v["full"])), "circuit_target_mean": float(np.mean(v["circuit"]))}
