@@ -256,3 +256,15 @@ def test_link_opens_drawn_without_a_graph_callback(browser, server):
     assert pg.get_attribute("#drawn-count", "title") == "topk=77"
     assert posts and not any("graph3d.figure" in p for p in posts)
     ctx.close()
+
+
+def test_ablate_outside_the_circuit_changes_the_prediction(page):
+    before = page.inner_text("#prediction")
+    page.click("#ablate-outside")
+    page.wait_for_function("location.search.includes('ablate=outside')")
+    page.wait_for_function("(document.querySelector('#prediction')?.innerText ?? '').includes('before ablation')")
+    assert page.inner_text("#prediction") != before
+    info = page.inner_text("#ablate-info")
+    assert "everything outside the circuit" in info and "class layer kept whole" in info
+    page.click("#ablate-clear")
+    page.wait_for_function("!(document.querySelector('#prediction')?.innerText ?? '').includes('before ablation')")

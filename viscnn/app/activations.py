@@ -11,7 +11,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple, Optional
 
 import numpy as np
 
@@ -67,10 +67,28 @@ def to_tensor(arr: np.ndarray, pm):
     return torch.from_numpy((a - mean) / std)[None]
 
 
+OUTSIDE = "outside"  # ablation token: every conv kernel outside the current circuit (see outside_edges)
+
+
+def outside_edges(graph, circuit_edges) -> np.ndarray:
+    """The conv kernels not in the circuit: what "ablate outside the circuit" zeroes. The class layer
+    stays whole, so the prediction says what the circuit's channels alone make of the image."""
+    keep = np.zeros(graph.num_edges, bool)
+    keep[np.asarray(circuit_edges, np.int64)] = True
+    conv = np.zeros(graph.num_edges, bool)
+    for layer in graph.layers:
+        if layer.kind == "conv":
+            conv[layer.edge_offset:layer.edge_offset + layer.num_edges] = True
+    return np.flatnonzero(conv & ~keep)
+
+
 def parse_ablation(graph, items: Sequence[str]) -> Tuple[List[int], List[int]]:
-    """Ablation strings ("LAYER:CH" nodes, "eN" edges) -> (node indices, edge indices)."""
+    """Ablation strings ("LAYER:CH" nodes, "eN" edges; ``outside`` is resolved by the caller, see
+    :func:`outside_edges`) -> (node indices, edge indices)."""
     nodes, edges = [], []
     for it in items:
+        if it == OUTSIDE:
+            continue
         if it.startswith("e") and it[1:].isdigit():
             e = int(it[1:])
             if not 0 <= e < graph.num_edges:
@@ -81,14 +99,19 @@ def parse_ablation(graph, items: Sequence[str]) -> Tuple[List[int], List[int]]:
     return sorted(set(nodes)), sorted(set(edges))
 
 
-def run(pm, image_key: str, arr: np.ndarray, ablate: Sequence[str] = ()) -> Activations:
-    """Activations of ``pm``'s model on ``arr``, with ``ablate`` zeroed; cached."""
-    key = (str(pm.root), image_key, tuple(sorted(ablate)))
+def run(pm, image_key: str, arr: np.ndarray, ablate: Sequence[str] = (),
+        extra_edges: Optional[np.ndarray] = None) -> Activations:
+    """Activations of ``pm``'s model on ``arr``, with ``ablate`` (and the kernels ``extra_edges``, e.g.
+    everything outside a circuit) zeroed; cached."""
+    extra = np.asarray(extra_edges if extra_edges is not None else [], np.int64)
+    import hashlib
+
+    key = (str(pm.root), image_key, tuple(sorted(ablate)), hashlib.sha1(extra.tobytes()).hexdigest() if len(extra) else "")
     with _LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    acts = _run(pm, arr, ablate)
+    acts = _run(pm, arr, ablate, extra)
     with _LOCK:
         _CACHE[key] = acts
         while len(_CACHE) > CACHE_SIZE:
@@ -96,12 +119,13 @@ def run(pm, image_key: str, arr: np.ndarray, ablate: Sequence[str] = ()) -> Acti
     return acts
 
 
-def _run(pm, arr, ablate) -> Activations:
+def _run(pm, arr, ablate, extra=()) -> Activations:
     import torch
 
     graph = pm.graph
     model = get_model(pm)
     nodes, edges = parse_ablation(graph, ablate)
+    edges = sorted(set(edges) | {int(e) for e in extra})
     if edges:
         import copy
 
@@ -147,20 +171,26 @@ def _run(pm, arr, ablate) -> Activations:
 
 
 def _zero_kernels(model, graph, edges: Sequence[int]) -> None:
+    """Zero the kernels ``edges`` in place (on a copy of the model), one masked write per layer."""
     import torch
 
     modules = dict(model.named_modules())
+    e = np.asarray(edges, np.int64)
+    if not len(e):
+        return
+    rows = graph.edges[e].astype(np.int64)
     with torch.no_grad():
-        for e in edges:
-            li, j, i = (int(v) for v in graph.edges[e])
-            layer = graph.layers[li]
+        for li in np.unique(rows[:, 0]):
+            layer = graph.layers[int(li)]
+            j, i = rows[rows[:, 0] == li, 1], rows[rows[:, 0] == li, 2]
             w = modules[layer.name].weight
-            per_in = layer.in_channels // layer.groups
             if w.ndim == 4:
-                w[j, i % per_in] = 0
+                per_in = layer.in_channels // layer.groups
+                w[torch.from_numpy(j), torch.from_numpy(i % per_in)] = 0
             else:  # Linear on a flattened map: channel i owns a contiguous block of features
                 k = w.shape[1] // layer.in_channels
-                w[j, i * k:(i + 1) * k] = 0
+                cols = (i[:, None] * k + np.arange(k)[None]).reshape(-1)
+                w[torch.from_numpy(np.repeat(j, k)), torch.from_numpy(cols)] = 0
 
 
 def node_map(graph, acts: Activations, node: int, relu: bool = False) -> np.ndarray:

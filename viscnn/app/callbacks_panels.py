@@ -215,12 +215,24 @@ def register(app, actx) -> None:
             pm = actx.prepped(s["model"])
             img = actx.image(s["model"], s["image"])
             ablate = s.get("ablate") or []
-            acts = A.run(pm, s["image"], img, ablate)
+            extra, outside_note = None, ""
+            if A.OUTSIDE in ablate:
+                r = actx.resolve(s)
+                if r.pending or r.circuit is None:
+                    outside_note = " (the circuit is still being computed: nothing outside it zeroed yet)"
+                else:
+                    extra = A.outside_edges(pm.graph, r.circuit.edges)
+                    conv = int(_conv_mask(pm.graph).sum())
+                    outside_note = (f" ({len(extra)} of {conv} conv kernels zeroed: all but the circuit's; "
+                                    "the class layer kept whole)")
+            acts = A.run(pm, s["image"], img, ablate, extra)
             base = A.run(pm, s["image"], img, ()) if ablate else acts
         except ViscnnError as e:
             return html.Div(str(e), className="error"), no_update, "", ""
         pred = _prediction(actx, s, pm, acts, base)
-        abl = f"Ablated: {', '.join(ablate)}" if ablate else "No ablations (select a node or edge, then 'Ablate selection')."
+        names = ["everything outside the circuit" if a == A.OUTSIDE else a for a in ablate]
+        abl = (f"Ablated: {', '.join(names)}{outside_note}" if ablate
+               else "No ablations (select a node or edge, then 'Ablate selection').")
         sel = s.get("sel", "")
         fig = P.image_figure(img, title=s["image"].split(":", 1)[-1])
         if not sel:
@@ -269,12 +281,16 @@ def register(app, actx) -> None:
         return P.image_figure(img, box, title=s["image"].split(":", 1)[-1])
 
     @app.callback(Output("ablate", "data", allow_duplicate=True), Input("ablate-add", "n_clicks"),
-                  Input("ablate-clear", "n_clicks"), State("state", "data"), prevent_initial_call=True)
-    def ablate(add, clear, s):
+                  Input("ablate-clear", "n_clicks"), Input("ablate-outside", "n_clicks"), State("state", "data"),
+                  prevent_initial_call=True)
+    def ablate(add, clear, outside, s):
         if not s:
             return no_update
         if ctx.triggered_id == "ablate-clear":
             return []
+        if ctx.triggered_id == "ablate-outside":
+            cur = list(s.get("ablate") or [])
+            return no_update if A.OUTSIDE in cur else cur + [A.OUTSIDE]
         sel = s.get("sel", "")
         cur = list(s.get("ablate") or [])
         if not sel or sel in cur:
@@ -317,6 +333,14 @@ def rf_box_of(actx, model: str, sel: str, y: int, x: int):
     c, h, w = pm.input_shape
     rf = actx._memoize(("rf", model), lambda: ReceptiveFields(A.get_model(pm), (h, w), c), 4)
     return tuple(int(v) for v in rf.box(layer.name, y, x))
+
+
+def _conv_mask(graph) -> np.ndarray:
+    m = np.zeros(graph.num_edges, bool)
+    for layer in graph.layers:
+        if layer.kind == "conv":
+            m[layer.edge_offset:layer.edge_offset + layer.num_edges] = True
+    return m
 
 
 def _prediction(actx, s, pm, acts, base):

@@ -110,6 +110,9 @@ def layout(models) -> html.Div:
     panel_col = html.Div([
         html.Div([dcc.Checklist(id="relu", options=[{"label": " ReLU on maps", "value": "relu"}], inline=True),
                   html.Button("Ablate selection", id="ablate-add", title="Zero the selected node (its whole channel) or edge (one kernel) and rerun the model on the input image"),
+                  html.Button("Ablate outside the circuit", id="ablate-outside",
+                              title="Zero every conv kernel outside the current circuit (the class layer stays whole) "
+                                    "and rerun the model on the input image: what the circuit alone makes of it"),
                   html.Button("Clear ablations", id="ablate-clear")], className="row"),
         html.Div(id="ablate-info", className="info"),
         html.Div(id="panel", className="panel"),
