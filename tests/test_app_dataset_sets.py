@@ -97,3 +97,27 @@ def test_without_the_dataset_the_gallery_stands_in_and_says_so(tmp_path):
     assert info["sets"]["all"]["source"] == "gallery" and info["fallback"]
     line = queries.basis(r.pm, r.query, True, info)
     assert "gallery images of 'all'" in line and "not available here" in line
+
+
+def test_faithfulness_in_the_app_is_measured_on_held_out_images(fmnist):
+    """The Circuit view's faithfulness: on images of the set that did not score the circuit, and the
+    same report as viscnn.importance.faithfulness on exactly those images."""
+    from viscnn.app.activations import get_model
+    from viscnn.app.views.circuit import faithfulness as F
+    from viscnn.importance.faithfulness import faithfulness
+
+    actx, name = fmnist
+    s = dict(actx.defaults(name), target="class:Trouser", set="Trouser", n="64", mode="topk", value=200)
+    actx.compute_run(s)
+    rep = F.measure(actx, s)
+    assert rep["where"].startswith("256 held-out train images of 'Trouser' (not the 64")
+    pm = actx.prepped(name)
+    ds = D.open_dataset(pm)
+    pool = D.set_positions(ds, pm.classes, "Trouser", None)
+    held = np.setdiff1d(pool, D.set_positions(ds, pm.classes, "Trouser", 64))
+    pick = held[np.unique(np.linspace(0, len(held) - 1, 256).round().astype(np.int64))]
+    assert not np.isin(pick, D.set_positions(ds, pm.classes, "Trouser", 64)).any()
+    ref = faithfulness(get_model(pm), pm.graph, queries.parse_target(pm, "class:Trouser"), actx.resolve(s).circuit,
+                       D.dataset_batches(ds, pick), n_random=F.RANDOM_CIRCUITS)
+    assert rep["circuit"] == ref["circuit"] and rep["images"] == 256
+    assert "Pearson" in str(F.faith_children(rep))

@@ -268,3 +268,10 @@ def test_ablate_outside_the_circuit_changes_the_prediction(page):
     assert "everything outside the circuit" in info and "class layer kept whole" in info
     page.click("#ablate-clear")
     page.wait_for_function("!(document.querySelector('#prediction')?.innerText ?? '').includes('before ablation')")
+
+
+def test_faithfulness_is_shown(page):
+    page.click("#faith-run")
+    page.wait_for_function("(document.querySelector('#faith-info')?.innerText ?? '').includes('Pearson')", timeout=90000)
+    text = page.inner_text("#faith-info")
+    assert "random circuits" in text and "images of 'all'" in text

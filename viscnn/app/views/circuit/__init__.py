@@ -10,7 +10,9 @@ VIEW = "circuit"
 
 def register(app, actx) -> None:
     from viscnn.app import callbacks_graph, callbacks_panels, callbacks_snapshot
+    from viscnn.app.views.circuit import faithfulness
 
     callbacks_graph.register(app, actx)
     callbacks_panels.register(app, actx)
     callbacks_snapshot.register(app, actx)
+    faithfulness.register(app, actx)

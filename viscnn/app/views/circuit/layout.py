@@ -78,6 +78,11 @@ def layout(models) -> html.Div:
                            config=graph_config("graph3d")),
                  id="graph-wrap"),
         html.Div([html.Span(id="run-status"), html.Span(id="run-progress")], className="info"),
+        html.Div([html.Button("Measure faithfulness", id="faith-run",
+                              title="Run the circuit alone (every other kernel zeroed) against the full model on "
+                                    "held-out images of the image set, next to random circuits of the same size"),
+                  html.Span(id="faith-info", className="info")], className="row faith"),
+        dcc.Interval(id="faith-poll", interval=300, disabled=True),
         html.Div([html.Span("Export:", className="muted"),
                   *export_buttons("graph3d", "3D graph"),
                   html.Button("CSV (nodes + edges)", id="export-csv", title="The circuit's nodes and edges with their scores and ranks"),
