@@ -67,3 +67,25 @@ def test_prediction_changes_and_is_explained(actx):
     p1 = CP._prediction(actx, s, pm, full, full)
     p2 = CP._prediction(actx, dict(s, ablate=[A.OUTSIDE]), pm, cut, full)
     assert str(p1) != str(p2) and "before ablation" in str(p2)
+
+
+def test_ablations_are_marked_in_3d_and_2d(actx):
+    from viscnn.app.callbacks_graph import circuit_props
+    from viscnn.app.figures.circuit_svg import circuit_svg
+
+    pm = actx.prepped("tiny")
+    g = pm.graph
+    s = dict(actx.defaults("tiny"), mode="topk", value=40)
+    circ = actx.resolve(s).circuit
+    node = int(circ.nodes[len(circ.nodes) // 2])
+    edge = int(circ.edges[0])
+    s["ablate"] = [g.node_id(node), f"e{edge}", A.OUTSIDE]
+    p = circuit_props(actx, s)
+    tr = [t for t in p["graph3d"]["figure"]["data"] if t.get("name") == "ablated"]
+    assert len(tr) == 1 and len(tr[0]["x"]) == 2 and any(g.node_id(node) in t for t in tr[0]["text"])
+    els = p["cyto-data"]["data"]
+    marked = {e["data"]["id"] for e in els if "ablated" in e.get("classes", "").split()}
+    assert f"k{edge}" in marked and (f"n{node}" in marked or f"n{node}" not in {e["data"]["id"] for e in els})
+    assert 'stroke-dasharray="2,2"' in circuit_svg(els, None)
+    plain = circuit_props(actx, dict(s, ablate=[]))
+    assert not [t for t in plain["graph3d"]["figure"]["data"] if t.get("name") == "ablated"]

@@ -85,10 +85,17 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
     cnode = None
     if center and center.get("sel") == s.get("sel") and sel_node is not None:
         cnode = sel_node
+    from viscnn.app.activations import parse_ablation
+
+    try:  # the explicit ablations are marked (not 'outside': the ablation line says what that zeroes)
+        abl_nodes, abl_edges = parse_ablation(g, s.get("ablate") or [])
+    except ViscnnError:
+        abl_nodes, abl_edges = [], []
     uirev = f"{name}:{s['layout']}" + (f":c{center.get('n')}" if cnode is not None else "")
     fig = graph3d.graph_figure(g, actx.positions(name, s["layout"]), circ.nodes, drawn, r.node_scores,
                                r.edge_scores, r.signs, labels, sel_node, uirevision=uirev, classes=pm.classes,
-                               node_signs=r.node_signs, center_on=cnode)
+                               node_signs=r.node_signs, center_on=cnode, ablated_nodes=abl_nodes,
+                               ablated_edges=abl_edges)
     hidden = len(edges) - len(drawn)
     basis = queries.basis(pm, r.query, bool(r.run_key), r.run_info)
     info = [f"Circuit: {len(circ.nodes)} nodes, {len(edges)} of {g.num_edges} edges. Drawing ",
@@ -106,7 +113,8 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
 
     c2 = cy.circuit_elements(g, circ.nodes, edges, r.edge_scores, thumb, lambda e: routes.kernel_url(name, e),
                              max_edges=st.clamp_cap(s.get("cap", st.CAP_DEFAULT)), signs=r.signs, labels=labels,
-                             selected=s.get("sel"), is_stretched=lambda n: routes.fv_is_low_contrast(pm, n))
+                             selected=s.get("sel"), is_stretched=lambda n: routes.fv_is_low_contrast(pm, n),
+                             ablated=(abl_nodes, abl_edges))
     count = (f"showing {c2.shown_edges} of {c2.total_edges} circuit edges"
              + (" (each layer's most important by |score|, then the highest left; raise the cap to see more)" if c2.shown_edges < c2.total_edges else ""))
     ns = np.asarray(r.node_scores, np.float64)

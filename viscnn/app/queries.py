@@ -1,9 +1,11 @@
 """Circuit queries behind the app: which scores answer the current settings, and the circuit they give.
 
 Loss targets over prepped image sets (a class, ``all``, or a combination such as ``Sneaker - all``)
-are answered from the memory-mapped per-set score arrays, without running the model. Any other target
-(``class:K``, ``unit:LAYER:CH``, combinations) or the image set ``image`` (the current input image)
-needs a model run: :func:`run_scores` does it over N images of each named set of the prepped dataset.
+are answered from the memory-mapped per-set score arrays, without running the model, and so is
+``class:K`` over the image set K (prep's own-class scores, when the model has them). Any other target
+(``class:K`` over other sets, ``unit:LAYER:CH``, combinations) or the image set ``image`` (the current
+input image) needs a model run: :func:`run_scores` does it over N images of each named set of the
+prepped dataset.
 """
 
 from __future__ import annotations
@@ -45,8 +47,21 @@ def needs_run(pm, q: Query) -> bool:
     terms = parse_sets(pm, q.image_set)
     if not is_loss(q.target):
         parse_target(pm, q.target)
-        return True
+        return own_class(pm, q) is None
     return any(name == IMAGE_SET for _, name in terms)
+
+
+def own_class(pm, q: Query) -> Optional[int]:
+    """K when the query is ``class:K`` (any spelling: ``class:7``, ``class:Sneaker``) over exactly the
+    image set K and prep stored own-class scores for its metric; else None."""
+    if is_loss(q.target) or q.metric not in pm.class_score_metrics:
+        return None
+    terms = parse_target(pm, q.target).terms
+    sets = parse_sets(pm, q.image_set)
+    if len(terms) != 1 or terms[0][0] != 1.0 or terms[0][1].kind != "class" or len(sets) != 1 or sets[0][0] != 1.0:
+        return None
+    k = terms[0][1].channel
+    return k if k < len(pm.classes) and pm.classes[k] == sets[0][1] else None
 
 
 def parse_target(pm, text: str):
@@ -63,7 +78,11 @@ def combine_terms(terms: Sequence[Tuple[float, str]], lookup: Callable[[str], np
 
 
 def precomputed_scores(pm, q: Query) -> Tuple[np.ndarray, np.ndarray]:
-    """(node scores [N], edge scores [E]) of a loss query, straight from the prepped arrays."""
+    """(node scores [N], edge scores [E]) of a loss query, or of ``class:K`` over K, straight from the
+    prepped arrays."""
+    k = own_class(pm, q)
+    if k is not None:
+        return pm.class_scores(q.metric, k)
     terms = parse_sets(pm, q.image_set)
     if len(terms) == 1 and terms[0][0] == 1.0:  # the common case: one row, no copy needed
         return pm.node_scores(q.metric, terms[0][1]), pm.edge_scores(q.metric, terms[0][1])
@@ -162,10 +181,13 @@ def signed_scores(pm, metric: str, edge_scores: np.ndarray, q: Query):
     if (np.asarray(edge_scores) < 0).any():
         return None
     signed = next((m for m in pm.metrics if m.endswith("_signed") and m.startswith(metric)), None)
-    if signed is None or not is_loss(q.target):
+    if signed is None:
         return None
     try:
-        ns, es = precomputed_scores(pm, Query(q.target, q.image_set, signed))
+        sq = Query(q.target, q.image_set, signed)
+        if needs_run(pm, sq):
+            return None
+        ns, es = precomputed_scores(pm, sq)
     except ViscnnError:
         return None
     return ns, es, signed
@@ -184,6 +206,7 @@ def basis(pm, q: Query, ran: bool, info: Optional[dict] = None) -> str:
     counts = dict(zip(pm.image_sets, pm.manifest.get("image_counts") or []))
     split = (pm.manifest.get("data") or {}).get("split") or "prepped"
     used = (info or {}).get("sets") or {}
+    own = None if ran else own_class(pm, q)
     parts = []
     for coef, name in terms:
         u = used.get(name)
@@ -195,6 +218,8 @@ def basis(pm, q: Query, ran: bool, info: Optional[dict] = None) -> str:
                      else f"gallery images of {name!r}")
         elif ran:
             n, where = "?", f"images of {name!r}"
+        elif own is not None:
+            n, where = pm.class_image_count(own), f"{split} images of {name!r} (precomputed)"
         else:
             n, where = counts.get(name), f"{split} images of {name!r}"
         c = "" if coef == 1 else f"{coef:g} x "

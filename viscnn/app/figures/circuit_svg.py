@@ -189,6 +189,8 @@ def _node_svg(el: dict, pos, data_uri) -> str:
     stroke, sw, dash = ("#666", 1, "") if ("cls" in cls or "kernel" in cls) else ("#999", 1, "")
     if "stretched" in cls:
         stroke, sw, dash = "#444", 2, ' stroke-dasharray="4,2"'
+    if "ablated" in cls:
+        stroke, sw, dash = "#111", 3, ' stroke-dasharray="2,2"'
     if sel:
         stroke, sw, dash = C.SEL_COLOR, 4, ""
     rx = 0 if "kernel" in cls else 4

@@ -83,6 +83,7 @@ STYLESHEET = [
                                    "opacity": 0.85}},
     {"selector": "edge.in", "style": {"target-arrow-shape": "triangle", "target-arrow-color": "data(color)",
                                       "arrow-scale": 0.6}},
+    {"selector": "node.ablated", "style": {"border-width": 3, "border-color": "#111", "border-style": "dotted"}},
     {"selector": "node:selected", "style": {"border-width": 3, "border-color": SEL_COLOR}},
     {"selector": "edge:selected", "style": {"line-color": SEL_COLOR, "target-arrow-color": SEL_COLOR}},
     {"selector": "node.sel", "style": {"border-width": 4, "border-color": SEL_COLOR, "border-style": "solid"}},
@@ -217,7 +218,8 @@ def circuit_elements(graph, nodes: Sequence[int], edges: Sequence[int], edge_sco
                      node_img: Callable[[int], Optional[str]], kernel_img: Callable[[int], str],
                      max_edges: int = MAX_EDGES_2D, signs: Optional[np.ndarray] = None,
                      labels: Optional[Sequence[str]] = None, selected: Optional[str] = None,
-                     is_stretched: Optional[Callable[[int], bool]] = None) -> Circuit2D:
+                     is_stretched: Optional[Callable[[int], bool]] = None,
+                     ablated: Tuple[Sequence[int], Sequence[int]] = ((), ())) -> Circuit2D:
     """Elements for at most ``max_edges`` circuit edges (:func:`capped_edges`: a share per layer, then
     by |score|) and the nodes they touch.
 
@@ -228,7 +230,9 @@ def circuit_elements(graph, nodes: Sequence[int], edges: Sequence[int], edge_sco
     ``selected``: the app's selection string (``"conv2:3"`` or ``"e17"``); the matching element gets
     ``"selected": True`` and class ``sel``. ``is_stretched(n)``: whether node ``n``'s thumbnail is
     contrast-stretched (marked with class ``stretched`` and a note in ``data.title``).
+    ``ablated``: (nodes, edges) zeroed by the user's ablations, drawn with a dotted black border.
     """
+    abl_nodes, abl_edges = {int(n) for n in ablated[0]}, {int(e) for e in ablated[1]}
     edges = np.asarray(edges, np.int64)
     total = len(edges)
     s = np.asarray(edge_scores, np.float64)
@@ -348,6 +352,9 @@ def circuit_elements(graph, nodes: Sequence[int], edges: Sequence[int], edge_sco
         if n == sel_node:
             el["selected"] = True
             classes.append("sel")
+        if n in abl_nodes:
+            classes.append("ablated")
+            data["title"] += " (ablated: zeroed)"
         el["classes"] = " ".join(classes)
         els.append(el)
         x, y = pos[n]
@@ -388,7 +395,8 @@ def circuit_elements(graph, nodes: Sequence[int], edges: Sequence[int], edge_sco
         kx, ky = kpos[e]
         kel = {"data": {"id": f"k{e}", "edge": e, "img": kernel_img(e), "title": f"kernel e{e}",
                         "score": round(float(s[e]), 6), "sign": int(sign)},
-               "position": {"x": round(kx, 1), "y": round(ky, 1)}, "classes": "kernel sel" if on else "kernel"}
+               "position": {"x": round(kx, 1), "y": round(ky, 1)},
+               "classes": "kernel" + (" sel" if on else "") + (" ablated" if e in abl_edges else "")}
         if on:
             kel["selected"] = True
         els.append(kel)

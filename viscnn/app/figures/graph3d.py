@@ -278,6 +278,27 @@ def class_labels(graph, pos: np.ndarray, classes: Sequence[str], max_classes: in
             for c, name in enumerate(classes)]
 
 
+def ablated_trace(graph, pos: np.ndarray, nodes: Sequence[int], edges: Sequence[int],
+                  labels: Optional[Sequence[str]] = None) -> dict:
+    """Black crosses on the ablated nodes and on the middles of the ablated edges (zeroed kernels)."""
+    text = labels if labels is not None else [graph.node_id(i) for i in range(graph.num_nodes)]
+    xs, hover = [], []
+    for n in nodes:
+        xs.append(pos[int(n)])
+        hover.append(f"ablated (zeroed): {text[int(n)]}")
+    if len(edges):
+        src = np.zeros(graph.num_edges, np.int64)
+        src[graph.links[:, 0]] = graph.links[:, 1]
+        for e in edges:
+            a, b = pos[int(src[int(e)])], pos[int(graph.edge_target[int(e)])]
+            xs.append((a + b) / 2)
+            hover.append(f"ablated (zeroed): kernel e{int(e)}")
+    p = np.asarray(xs, np.float64).reshape(-1, 3)
+    return {"type": "scatter3d", "mode": "markers", "name": "ablated", "x": _r(p[:, 0]), "y": _r(p[:, 1]),
+            "z": _r(p[:, 2]), "text": hover, "hovertemplate": "%{text}<extra></extra>", "showlegend": False,
+            "marker": {"size": 7, "color": "#111", "symbol": "x"}}
+
+
 def scene_ranges(pos: np.ndarray, pad: float = 0.08) -> Dict[str, list]:
     """Fixed axis ranges with a margin, so the default camera frames every node and label."""
     out = {}
@@ -306,7 +327,8 @@ def graph_figure(graph, pos: np.ndarray, circuit_nodes: Sequence[int], drawn_edg
                  node_scores: np.ndarray, edge_scores: np.ndarray, signs: Optional[np.ndarray] = None,
                  labels: Optional[Sequence[str]] = None, selected: Optional[int] = None,
                  uirevision: str = "graph", classes: Sequence[str] = (), node_signs: Optional[np.ndarray] = None,
-                 center_on: Optional[int] = None) -> dict:
+                 center_on: Optional[int] = None, ablated_nodes: Sequence[int] = (),
+                 ablated_edges: Sequence[int] = ()) -> dict:
     """The whole 3D figure as a plain Plotly dict (no validation pass: it is rebuilt on every change).
     ``center_on`` (a node) moves the camera to it and starts a new view revision (search)."""
     data = edge_traces(graph, pos, drawn_edges, edge_scores, signs, labels)
@@ -317,6 +339,8 @@ def graph_figure(graph, pos: np.ndarray, circuit_nodes: Sequence[int], drawn_edg
                      "marker": {"size": 22, "color": "rgba(0,0,0,0)", "symbol": "circle-open",
                                 "line": {"color": SELECTED, "width": 3}},
                      "hoverinfo": "skip", "showlegend": False})
+    if len(ablated_nodes) or len(ablated_edges):
+        data.append(ablated_trace(graph, pos, ablated_nodes, ablated_edges, labels))
     rng = scene_ranges(pos)
     camera = {"eye": dict(DEFAULT_EYE), "center": {"x": 0, "y": 0, "z": 0}, "up": {"x": 0, "y": 0, "z": 1}}
     if center_on is not None and 0 <= center_on < graph.num_nodes:

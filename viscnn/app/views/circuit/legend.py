@@ -47,6 +47,7 @@ def legend_children(terms: Sequence[Tuple[float, str]], metric: str, sign_metric
                    "size = |score|, colour = sign as for edges"], className="sw"),
         html.Span([html.Span(className="dot", style={"backgroundColor": colors.INACTIVE, "width": "5px", "height": "5px"}),
                    "not in the circuit"], className="sw"),
+        html.Span([html.B("×", style={"color": "#111"}), " ablated (zeroed) node or kernel"], className="sw"),
     ]
     if n_images:
         kids.append(html.Span(n_images, className="lg-basis"))
