@@ -181,6 +181,51 @@ def class_panel(actx, s, node: int, acts):
     ], className="class-panel")
 
 
+def panel_props(actx, s: dict) -> tuple:
+    """(panel children, input figure, prediction line, ablation line) for a state."""
+    if not s:
+        return no_update, no_update, no_update, no_update
+    try:
+        pm = actx.prepped(s["model"])
+        img = actx.image(s["model"], s["image"])
+        ablate = s.get("ablate") or []
+        extra, outside_note = None, ""
+        if A.OUTSIDE in ablate:
+            r = actx.resolve(s)
+            if r.pending or r.circuit is None:
+                outside_note = " (the circuit is still being computed: nothing outside it zeroed yet)"
+            else:
+                extra = A.outside_edges(pm.graph, r.circuit.edges)
+                conv = int(_conv_mask(pm.graph).sum())
+                outside_note = (f" ({len(extra)} of {conv} conv kernels zeroed: all but the circuit's; "
+                                "the class layer kept whole)")
+        acts = A.run(pm, s["image"], img, ablate, extra)
+        base = A.run(pm, s["image"], img, ()) if ablate else acts
+    except ViscnnError as e:
+        return html.Div(str(e), className="error"), no_update, "", ""
+    pred = _prediction(actx, s, pm, acts, base)
+    names = ["everything outside the circuit" if a == A.OUTSIDE else a for a in ablate]
+    abl = (f"Ablated: {', '.join(names)}{outside_note}" if ablate
+           else "No ablations (select a node or edge, then 'Ablate selection').")
+    sel = s.get("sel", "")
+    fig = P.image_figure(img, title=s["image"].split(":", 1)[-1])
+    if not sel:
+        return html.I("Click a node or an edge in the graph."), fig, pred, abl
+    try:
+        r = actx.resolve(s)
+        es = r.edge_scores if r.edge_scores is not None else np.zeros(pm.graph.num_edges, np.float32)
+        if sel.startswith("e") and sel[1:].isdigit():
+            e = int(sel[1:])
+            if e >= pm.graph.num_edges:
+                raise ViscnnError(f"no edge {e}")
+            kids = edge_panel(actx, s, e, acts, es)
+        else:
+            kids = node_panel(actx, s, pm.graph.node_index(sel), acts, es)
+    except ViscnnError as e:
+        kids = html.Div(str(e), className="error")
+    return kids, fig, pred, abl
+
+
 def register(app, actx) -> None:
     @app.callback(Output("sel", "data", allow_duplicate=True),
                   Input("graph3d", "clickData"), Input("cyto", "tapNodeData"),
@@ -206,50 +251,11 @@ def register(app, actx) -> None:
             return f"e{int(trig['edge'])}"
         return no_update
 
+    # prevent_initial_call: the page arrives with the panel drawn (callbacks_state.initial_props)
     @app.callback(Output("panel", "children"), Output("input-fig", "figure"), Output("prediction", "children"),
-                  Output("ablate-info", "children"), Input("state", "data"))
+                  Output("ablate-info", "children"), Input("state", "data"), prevent_initial_call=True)
     def panel(s):
-        if not s:
-            return no_update, no_update, no_update, no_update
-        try:
-            pm = actx.prepped(s["model"])
-            img = actx.image(s["model"], s["image"])
-            ablate = s.get("ablate") or []
-            extra, outside_note = None, ""
-            if A.OUTSIDE in ablate:
-                r = actx.resolve(s)
-                if r.pending or r.circuit is None:
-                    outside_note = " (the circuit is still being computed: nothing outside it zeroed yet)"
-                else:
-                    extra = A.outside_edges(pm.graph, r.circuit.edges)
-                    conv = int(_conv_mask(pm.graph).sum())
-                    outside_note = (f" ({len(extra)} of {conv} conv kernels zeroed: all but the circuit's; "
-                                    "the class layer kept whole)")
-            acts = A.run(pm, s["image"], img, ablate, extra)
-            base = A.run(pm, s["image"], img, ()) if ablate else acts
-        except ViscnnError as e:
-            return html.Div(str(e), className="error"), no_update, "", ""
-        pred = _prediction(actx, s, pm, acts, base)
-        names = ["everything outside the circuit" if a == A.OUTSIDE else a for a in ablate]
-        abl = (f"Ablated: {', '.join(names)}{outside_note}" if ablate
-               else "No ablations (select a node or edge, then 'Ablate selection').")
-        sel = s.get("sel", "")
-        fig = P.image_figure(img, title=s["image"].split(":", 1)[-1])
-        if not sel:
-            return html.I("Click a node or an edge in the graph."), fig, pred, abl
-        try:
-            r = actx.resolve(s)
-            es = r.edge_scores if r.edge_scores is not None else np.zeros(pm.graph.num_edges, np.float32)
-            if sel.startswith("e") and sel[1:].isdigit():
-                e = int(sel[1:])
-                if e >= pm.graph.num_edges:
-                    raise ViscnnError(f"no edge {e}")
-                kids = edge_panel(actx, s, e, acts, es)
-            else:
-                kids = node_panel(actx, s, pm.graph.node_index(sel), acts, es)
-        except ViscnnError as e:
-            kids = html.Div(str(e), className="error")
-        return kids, fig, pred, abl
+        return panel_props(actx, s)
 
     @app.callback(Output("sel", "data", allow_duplicate=True), Output("center-on", "data"),
                   Output("search-msg", "children"), Input("search", "value"), State("state", "data"),

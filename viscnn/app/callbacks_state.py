@@ -116,12 +116,14 @@ def initial_props(actx, search: str = "") -> Dict[str, dict]:
     props.update(view_props(s.get("view", "circuit")))
     props.update(out)
     props.update({"state": {"data": s}, "gallery": {"children": gallery_children(actx, s)}})
-    try:  # the input image is in the first paint of every view, not only after the panel callback
-        from viscnn.app.figures.panels import image_figure
+    # the input image, prediction and panel are in the first paint of every view (no round trip on load)
+    from dash import no_update
 
-        props["input-fig"] = {"figure": image_figure(actx.image(s["model"], s["image"]), title=s["image"].split(":", 1)[-1])}
-    except ViscnnError:
-        pass
+    from viscnn.app.callbacks_panels import panel_props
+
+    for cid, v in zip(("panel", "input-fig", "prediction", "ablate-info"), panel_props(actx, s)):
+        if v is not no_update:
+            props[cid] = {"figure" if cid == "input-fig" else "children": v}
     return props
 
 
