@@ -18,6 +18,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from viscnn.errors import UnsupportedOperationError, ViscnnError
 from viscnn.graph import provenance as P
+from viscnn.graph.channel_ops import LAYOUT_FUNCTIONS, LAYOUT_METHODS, ChannelOps, _argv
 from viscnn.graph.structure import Graph, Layer
 
 
@@ -32,10 +33,18 @@ def infer_input_channels(model: nn.Module) -> int:
     raise ViscnnError(f"{type(model).__name__} has no Conv2d layer; viscnn graphs are built from Conv2d kernels")
 
 
+class _Tracer(fx.Tracer):
+    """Keeps ``nn.Linear`` subclasses (timm's ``Linear``) whole, so they are modules of the graph
+    (class layer, channels-last 1x1 layer) and not a bare ``F.linear``."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, nn.Linear) or super().is_leaf_module(m, qualname)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     """Symbolically trace an eval-mode copy of ``model`` (the copy is returned inside the GraphModule)."""
     m = copy.deepcopy(model).eval()
-    tracer = fx.Tracer()
+    tracer = _Tracer()
     tracer.record_stack_traces = True
     try:
         g = tracer.trace(m)
@@ -51,6 +60,10 @@ def build_graph(model: nn.Module, input_size: Sequence[int] = (224, 224), in_cha
                 include_classes: bool = False, model_name: str = "") -> Graph:
     """Nodes per Conv2d output channel and per input channel, one edge per existing kernel.
 
+    An ``nn.Linear`` over the channel axis of a channels-last (NHWC) tensor, as in ConvNeXt
+    blocks, is a 1x1 conv: it becomes a ``conv`` layer with ``channels_last=True``, its weight
+    rows are kernels and its outputs are nodes.
+
     ``include_classes`` adds the Linear that produces the model output as a last layer of class
     nodes, when its input is a flattened conv map (raises otherwise, naming the mixing op).
     """
@@ -59,13 +72,28 @@ def build_graph(model: nn.Module, input_size: Sequence[int] = (224, 224), in_cha
     h, w = _pair(tuple(input_size)) if len(input_size) == 2 else _pair(input_size[0])
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(torch.zeros(1, c_in, h, w))
+            _ValueProp(gm).propagate(torch.zeros(1, c_in, h, w))
     except Exception as e:
         raise ViscnnError(f"running {type(model).__name__} on a 1x{c_in}x{h}x{w} input failed: {type(e).__name__}: {e}") from None
     return _Walker(gm, c_in, (h, w), include_classes, model_name or type(model).__name__).run()
 
 
-class _Walker:
+class _ValueProp(ShapeProp):
+    """ShapeProp that also keeps the concrete small values later ops take as arguments
+    (``size()`` ints, index tensors built in forward), for replaying rearrangements."""
+
+    def run_node(self, n: fx.Node):
+        r = super().run_node(n)
+        if isinstance(r, torch.Tensor):
+            if not r.is_floating_point() and r.numel() <= 1 << 20:
+                n.meta["viscnn_value"] = r.detach().clone()
+        elif isinstance(r, (int, float, bool, slice, torch.Size, str)) or (
+                isinstance(r, (tuple, list)) and all(isinstance(v, (int, float, bool)) for v in r)):
+            n.meta["viscnn_value"] = r
+        return r
+
+
+class _Walker(ChannelOps):
     def __init__(self, gm: fx.GraphModule, c_in: int, hw, include_classes: bool, name: str):
         self.gm = gm
         self.modules = dict(gm.named_modules())
@@ -76,6 +104,7 @@ class _Walker:
         self.node_depth: Dict[int, int] = {i: 0 for i in range(c_in)}
         self.prov: Dict[fx.Node, object] = {}
         self.seen_images = 0
+        self.layer_names: set = set()
 
     # -- helpers ---------------------------------------------------------------
     def where(self, node: fx.Node) -> str:
@@ -101,15 +130,23 @@ class _Walker:
             return tuple(self.arg(x) for x in a)
         return P.CONST
 
-    def add_layer(self, layer: Layer, reads, node: fx.Node) -> P.Chan:
-        """Register a conv/linear layer reading channel provenance ``reads``; return its own provenance."""
+    def add_layer(self, layer: Layer, reads, node: fx.Node, dim: int = 1) -> P.Chan:
+        """Register a layer reading channel provenance ``reads`` (channels on axis ``dim``); return
+        its own provenance (its output channels on the same axis)."""
+        what = f"{layer.kind} {layer.name}"
         if isinstance(reads, P.Mixed):
             raise UnsupportedOperationError(
-                f"{layer.kind} {layer.name} reads a tensor made by {reads.op} ({reads.where}), which mixes "
-                "channels without being a conv; viscnn cannot map its kernels to source filters"
-            )
+                f"{what} reads a tensor made by {reads.op} ({reads.where}), {reads.reason()}")
+        if isinstance(reads, P.Grid):
+            raise UnsupportedOperationError(
+                f"{what} reads a tensor whose channels are spread over several axes by {reads.op} ({reads.where}); "
+                "only rearrangements that end with channels on one axis are supported")
+        if isinstance(reads, P.Chan) and reads.dim != dim and layer.kind != "linear":
+            raise UnsupportedOperationError(
+                f"{what} ({self.where(node)}) reads a tensor with its channels in axis {reads.dim}, not {dim} "
+                "(a channels-last tensor not permuted back?)")
         if not isinstance(reads, P.Chan) or len(reads.sources) != layer.in_channels:
-            raise UnsupportedOperationError(f"{layer.kind} {layer.name}: cannot map its {layer.in_channels} input channels ({self.where(node)})")
+            raise UnsupportedOperationError(f"{what}: cannot map its {layer.in_channels} input channels ({self.where(node)})")
         prev = self.layers[-1]
         layer.node_offset = prev.node_offset + prev.channels
         layer.edge_offset = prev.edge_offset + prev.num_edges
@@ -119,7 +156,8 @@ class _Walker:
         for c in range(layer.channels):
             self.node_depth[layer.node_offset + c] = layer.depth
         self.layers.append(layer)
-        return P.Chan(tuple(frozenset({layer.node_offset + c}) for c in range(layer.channels)))
+        self.layer_names.add(layer.name)
+        return P.Chan(tuple(frozenset({layer.node_offset + c}) for c in range(layer.channels)), 1, dim)
 
     # -- the walk ----------------------------------------------------------------
     def run(self) -> Graph:
@@ -152,10 +190,10 @@ class _Walker:
 
     def visit_module(self, node: fx.Node, m: nn.Module):
         x = self.arg(node.args[0]) if node.args else P.CONST
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and node.target in self.layer_names:
+            raise UnsupportedOperationError(
+                f"{type(m).__name__} {node.target} is called more than once in forward (shared weights); not supported yet")
         if isinstance(m, nn.Conv2d):
-            if any(l.name == node.target for l in self.layers):
-                raise UnsupportedOperationError(
-                    f"conv {node.target} is called more than once in forward (shared weights); not supported yet")
             in_hw = self.shape(node.args[0])[2:]
             out_hw = self.shape(node)[2:]
             layer = Layer(
@@ -164,43 +202,67 @@ class _Walker:
                 _pair(m.dilation), m.padding_mode, m.bias is not None, tuple(out_hw), tuple(in_hw),
             )
             return self.add_layer(layer, x, node)
-        if isinstance(m, P.PRESERVING_MODULES):
+        if isinstance(m, nn.Linear):
+            return self.channel_linear(node, m, x)
+        if isinstance(m, P.ELEMENTWISE_MODULES):
             return x
-        if isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels:
-            return x
+        if isinstance(m, P.NCHW_MODULES):
+            return self.nchw(node, x, type(m).__name__)
+        if isinstance(m, P.NORM_MODULES):
+            return self.norm(node, x, type(m).__name__, channels_first=isinstance(m, nn.GroupNorm))
         if isinstance(m, nn.Flatten):
             return self.flatten(node, x, m.start_dim, m.end_dim)
+        if isinstance(m, nn.Unflatten):
+            return self.layout(node, x, "unflatten", True)
         if isinstance(m, nn.Sequential) and len(m) == 0:
             return x
-        return P.Mixed(f"{type(m).__name__}", self.where(node))
+        return self.unknown(node, type(m).__name__)
+
+    def channel_linear(self, node: fx.Node, m: nn.Linear, x):
+        """A Linear over the last axis of a channels-last 4D tensor is a 1x1 conv (a graph layer);
+        any other Linear (a classifier head) mixes channels."""
+        ins, outs = self.shape(node.args[0]), self.shape(node)
+        if not (isinstance(x, P.Chan) and x.spatial == 1 and ins is not None and len(ins) == 4 and x.dim == 3):
+            return x if x is P.CONST or isinstance(x, P.Mixed) else P.Mixed("Linear", self.where(node), P.MIX)
+        layer = Layer(node.target, "conv", m.out_features, m.in_features, 1, (1, 1), (1, 1), (0, 0), (1, 1), "zeros",
+                      m.bias is not None, tuple(outs[1:3]), tuple(ins[1:3]), channels_last=True)
+        return self.add_layer(layer, x, node, dim=3)
 
     def visit_function(self, node: fx.Node):
         fn = node.target
         name = getattr(fn, "__name__", str(fn))
-        if fn in P.PRESERVING_FUNCTIONS:
-            return self.arg(node.args[0])
+        x0 = self.arg(node.args[0]) if node.args else P.CONST
+        if fn in P.ELEMENTWISE_FUNCTIONS:
+            return x0
+        if fn in P.NCHW_FUNCTIONS:
+            return self.nchw(node, x0, name)
+        if fn in P.NORM_FUNCTIONS:
+            return self.norm(node, x0, name, channels_first=name == "group_norm")
         if fn in P.ELEMENTWISE_BINARY_FUNCTIONS:
-            return P.union_binary([self.arg(a) for a in node.args[:2]], self.out_channels(node), f"{name}", self.where(node))
+            return self.binary(node, node.args[:2], name)
         if fn is torch.cat or fn is torch.concat:
             return self.cat(node)
+        if fn is torch.stack:
+            return self.stack(node)
         if fn is torch.flatten:
-            return self.flatten(node, self.arg(node.args[0]), _argv(node, 1, "start_dim", 0), _argv(node, 2, "end_dim", -1))
+            return self.flatten(node, x0, _argv(node, 1, "start_dim", 0), _argv(node, 2, "end_dim", -1))
         if fn in (torch.mean, torch.sum, torch.amax, torch.amin):
-            return self.reduce(node, self.arg(node.args[0]), _argv(node, 1, "dim", None))
+            return self.reduce(node, x0, _argv(node, 1, "dim", None), _argv(node, 2, "keepdim", False))
         if fn is operator.getitem:
             return self.getitem(node)
         if fn is torch.unsqueeze:
-            return self.unsqueeze(node, self.arg(node.args[0]), _argv(node, 1, "dim", None))
-        if fn in (torch.split, torch.chunk):
-            return self.split(node, self.arg(node.args[0]), _argv(node, 2, "dim", 0))
+            return self.unsqueeze(node, x0, _argv(node, 1, "dim", None))
+        if fn in (torch.split, torch.chunk, torch.tensor_split):
+            return self.split(node, x0, self.const(_argv(node, 2, "dim", 0)), name)
+        if fn is torch.unbind:
+            return self.split(node, x0, self.const(_argv(node, 1, "dim", 0)), "unbind")
+        if fn in LAYOUT_FUNCTIONS:
+            return self.layout(node, x0, name, False)
         if fn is getattr:
             return P.CONST
         if name in ("is_scripting", "_assert"):
             return P.CONST
-        if isinstance(self.arg(node.args[0]) if node.args else P.CONST, P.Chan) or any(
-            isinstance(self.arg(a), (P.Chan, P.Mixed, P.Squeezed)) for a in node.args if isinstance(a, fx.Node)):
-            return P.Mixed(f"function {getattr(fn, '__module__', '')}.{name}".replace("_operator.", "operator."), self.where(node))
-        return P.CONST
+        return self.unknown(node, f"function {getattr(fn, '__module__', '')}.{name}".replace("_operator.", "operator."))
 
     def visit_method(self, node: fx.Node):
         m = node.target
@@ -210,104 +272,35 @@ class _Walker:
         if m in P.CONST_METHODS:
             return P.CONST
         if m in P.ELEMENTWISE_BINARY_METHODS:
-            return P.union_binary([x, self.arg(node.args[1])], self.out_channels(node), f"Tensor.{m}", self.where(node))
+            return self.binary(node, node.args[:2], f"Tensor.{m}")
         if m == "flatten":
             return self.flatten(node, x, _argv(node, 1, "start_dim", 0), _argv(node, 2, "end_dim", -1))
         if m in ("view", "reshape"):
             return self.reshape(node, x)
         if m in ("mean", "sum", "amax", "amin"):
-            return self.reduce(node, x, _argv(node, 1, "dim", None))
+            return self.reduce(node, x, _argv(node, 1, "dim", None), _argv(node, 2, "keepdim", False))
         if m == "unsqueeze":
             return self.unsqueeze(node, x, _argv(node, 1, "dim", None))
-        if m in ("split", "chunk"):
-            return self.split(node, x, _argv(node, 2, "dim", 0))
-        return P.Mixed(f"method Tensor.{m}", self.where(node))
+        if m in ("split", "chunk", "tensor_split"):
+            return self.split(node, x, self.const(_argv(node, 2, "dim", 0)), m)
+        if m == "unbind":
+            return self.split(node, x, self.const(_argv(node, 1, "dim", 0)), m)
+        if m in LAYOUT_METHODS:
+            return self.layout(node, x, m, True)
+        return self.unknown(node, f"method Tensor.{m}")
 
-    # -- structural ops --------------------------------------------------------------
-    def cat(self, node):
-        parts = self.arg(node.args[0])
-        dim = _argv(node, 1, "dim", 0)
-        nd = len(self.shape(node) or ())
-        tensors = [p for p in parts if p is not P.CONST]
-        if any(isinstance(p, P.Mixed) for p in tensors):
-            return next(p for p in tensors if isinstance(p, P.Mixed))
-        if dim in (1, 1 - nd) and all(isinstance(p, P.Chan) and p.spatial == 1 for p in tensors):
-            return P.Chan(tuple(s for p in tensors for s in p.sources))
-        if dim in (1, 1 - nd) and all(isinstance(p, P.Squeezed) for p in tensors):
-            return P.Mixed("torch.cat of indexed channels", self.where(node))
-        return P.Mixed(f"torch.cat along dim {dim}", self.where(node))
+    def unknown(self, node: fx.Node, name: str):
+        """An op viscnn does not know: constant if all its inputs are, else a (possibly mixing) op;
+        an input that already mixes channels is reported first."""
+        provs = [p for p in _flat(self.arg(list(node.args) + list(node.kwargs.values()))) if p is not P.CONST]
+        if not provs:
+            return P.CONST
+        return next((p for p in provs if isinstance(p, P.Mixed)), None) or P.Mixed(name, self.where(node), P.UNKNOWN)
 
-    def flatten(self, node, x, start, end):
-        shp = self.shape(node.args[0])
-        if not isinstance(x, P.Chan) or shp is None:
-            return x if x is P.CONST or isinstance(x, P.Mixed) else P.Mixed("flatten", self.where(node))
-        nd = len(shp)
-        start, end = start % nd, end % nd
-        if start >= 2 or start == end:
-            return x  # only spatial dims merged
-        if start == 1 and end == nd - 1 and x.spatial == 1:
-            spatial = 1
-            for d in shp[2:]:
-                spatial *= d
-            return P.Chan(x.sources, spatial)
-        return P.Mixed("flatten across the batch/channel dims", self.where(node))
-
-    def reshape(self, node, x):
-        ins, outs = self.shape(node.args[0]), self.shape(node)
-        if not isinstance(x, P.Chan) or ins is None or outs is None:
-            return x if x is P.CONST or isinstance(x, P.Mixed) else P.Mixed("view/reshape", self.where(node))
-        if len(outs) == 2 and len(ins) >= 2 and outs[0] == ins[0] and x.spatial == 1:
-            return self.flatten(node, x, 1, -1)
-        if len(outs) >= 2 and outs[:2] == ins[:2]:
-            return x
-        return P.Mixed("view/reshape that regroups channels", self.where(node))
-
-    def reduce(self, node, x, dim):
-        if not isinstance(x, P.Chan):
-            return x if x is P.CONST or isinstance(x, P.Mixed) else P.Mixed("reduction", self.where(node))
-        nd = len(self.shape(node.args[0]) or ())
-        dims = [dim] if isinstance(dim, int) else list(dim) if dim is not None else list(range(nd))
-        if x.spatial == 1 and all(d % nd >= 2 for d in dims):
-            return x
-        return P.Mixed("a reduction over channels", self.where(node))
-
-    def unsqueeze(self, node, x, dim):
-        if isinstance(x, P.Squeezed) and dim == 1:
-            return P.Chan((x.sources,))
-        if isinstance(x, P.Chan) and dim is not None and dim >= 2:
-            return x
-        return x if x is P.CONST or isinstance(x, P.Mixed) else P.Mixed("unsqueeze", self.where(node))
-
-    def split(self, node, x, dim):
-        outs = node.meta.get("tensor_meta")
-        if not isinstance(x, P.Chan) or dim != 1 or not isinstance(outs, (tuple, list)) or x.spatial != 1:
-            return x if x is P.CONST or isinstance(x, P.Mixed) else P.Mixed("split", self.where(node))
-        res, start = [], 0
-        for tm in outs:
-            c = tm.shape[1]
-            res.append(P.Chan(x.sources[start:start + c]))
-            start += c
-        return tuple(res)
-
-    def getitem(self, node):
-        x = self.arg(node.args[0])
-        idx = node.args[1]
-        if isinstance(x, tuple):
-            return x[idx] if isinstance(idx, int) else P.CONST
-        if not isinstance(x, P.Chan):
-            return x if x is P.CONST or isinstance(x, P.Mixed) else P.Mixed("indexing", self.where(node))
-        idx = idx if isinstance(idx, tuple) else (idx,)
-        if len(idx) < 2 or idx[1] is Ellipsis:
-            first = idx[0] if idx else slice(None)
-            return x if first == slice(None) or isinstance(first, slice) else P.Mixed("indexing the batch", self.where(node))
-        ch = idx[1]
-        if x.spatial != 1:
-            return P.Mixed("indexing a flattened tensor", self.where(node))
-        if isinstance(ch, int):
-            return P.Squeezed(x.sources[ch])
-        if isinstance(ch, slice):
-            return P.Chan(x.sources[ch])
-        return P.Mixed("fancy indexing of channels", self.where(node))
+    def binary(self, node: fx.Node, args, name: str):
+        provs = [self.arg(a) if isinstance(a, fx.Node) else P.CONST for a in args]
+        shapes = [self.shape(a) for a in args]
+        return P.union_binary(provs, shapes, self.shape(node), name, self.where(node))
 
     # -- classes -----------------------------------------------------------------------
     def add_classes(self, output_node):
@@ -318,7 +311,7 @@ class _Walker:
             raise UnsupportedOperationError("cannot add a class layer: the model output is not produced by an nn.Linear")
         lin = self.modules[out.target]
         x = self.arg(out.args[0])
-        if isinstance(x, P.Chan) and x.spatial * len(x.sources) != lin.in_features:
+        if isinstance(x, P.Chan) and (x.spatial * len(x.sources) != lin.in_features or x.dim != 1):
             raise UnsupportedOperationError(f"class layer {out.target}: {lin.in_features} features do not map onto conv channels")
         spatial = x.spatial if isinstance(x, P.Chan) else 1
         side = int(round(spatial ** 0.5))
@@ -328,10 +321,9 @@ class _Walker:
         self.add_layer(layer, x, out)
 
 
-def _argv(node: fx.Node, pos: int, name: str, default):
-    if len(node.args) > pos:
-        return node.args[pos]
-    return node.kwargs.get(name, default)
+def _flat(prov) -> list:
+    """The tensor provenances inside nested tuples (an op's args)."""
+    return [q for p in prov for q in _flat(p)] if isinstance(prov, tuple) else [prov]
 
 
 def _user_line(node: fx.Node) -> str:

@@ -27,7 +27,8 @@ VERSION = 1
 
 @dataclass
 class Layer:
-    """One layer of nodes: the input image, a Conv2d, or the final Linear (classes)."""
+    """One layer of nodes: the input image, a Conv2d (or a channels-last Linear, a 1x1 conv), or
+    the final Linear (classes)."""
 
     name: str  # module path ("features.3"), or "input"
     kind: str  # "input" | "conv" | "linear"
@@ -47,6 +48,9 @@ class Layer:
     edge_offset: int = 0
     # per input channel of this layer's input tensor: global indices of the nodes summed into it
     input_sources: List[List[int]] = field(default_factory=list)
+    # an nn.Linear over the channel axis of NHWC tensors (ConvNeXt's pointwise layers): a 1x1 conv
+    # whose weight [out, in] rows are the kernels; its module reads and writes channels-last tensors
+    channels_last: bool = False
 
     @property
     def num_edges(self) -> int:
@@ -173,7 +177,8 @@ class Graph:
         layers = [
             {"name": l.name, "kind": l.kind, "nodes": l.channels, "edges": l.num_edges,
              "kernel_size": list(l.kernel_size), "stride": list(l.stride), "padding": list(l.padding),
-             "dilation": list(l.dilation), "groups": l.groups, "out_size": list(l.out_size)}
+             "dilation": list(l.dilation), "groups": l.groups, "out_size": list(l.out_size),
+             "channels_last": l.channels_last}
             for l in convs
         ]
         return {

@@ -1,5 +1,6 @@
 """One forward+backward of a working copy that keeps, for every graph layer, the layer's input
-``a``, output ``y`` and the target's gradient ``g = ∂target/∂y``.
+``a``, output ``y`` and the target's gradient ``g = ∂target/∂y``, all NCHW (a channels-last
+Linear's NHWC tensors are kept as NCHW views).
 
 Safe with in-place ops: every kept tensor's version counter is checked after the forward; if a
 later in-place op (``F.relu_(conv(x))``, ``out += identity``) touched one, the pass is redone
@@ -46,6 +47,17 @@ def model_logits(out) -> torch.Tensor:
     raise ViscnnError(f"cannot find the logits in a model output of type {type(out).__name__}")
 
 
+def channels_last(mod: nn.Module, out: torch.Tensor) -> bool:
+    """A Linear over the channels of an NHWC map: a 1x1 conv layer of the graph."""
+    return isinstance(mod, nn.Linear) and out.dim() == 4
+
+
+def nchw(t: torch.Tensor) -> torch.Tensor:
+    """NHWC -> NCHW view: every kept a/y/g is channels-first, whatever the module's layout, so
+    targets (``unit:``/``neuron:``) and scores index layers the same way."""
+    return t.permute(0, 3, 1, 2)
+
+
 def layer_modules(model: nn.Module, graph: Graph) -> Dict[str, nn.Module]:
     mods = dict(model.named_modules())
     out = {}
@@ -76,11 +88,12 @@ def capture(model: nn.Module, modules: Dict[str, nn.Module], graph: Graph, targe
             a = inp[0]
             if clone:
                 a = a.clone()
-            inputs[name], outputs[name] = a, out
+            cl = channels_last(mod, out)
+            inputs[name], outputs[name] = (nchw(a), nchw(out)) if cl else (a, out)
             versions.append((a, a._version))
             versions.append((out, out._version))
             if need_grads and out.requires_grad:
-                out.register_hook(lambda gr: grads.__setitem__(name, gr))
+                out.register_hook(lambda gr: grads.__setitem__(name, nchw(gr) if cl else gr))
             if stop and needed.issubset(outputs):
                 raise _Stop
             return out.clone() if clone else None

@@ -9,7 +9,8 @@ batch. Metrics that need ``|h_ji|`` itself are computed from the maps in bounded
 
 from __future__ import annotations
 
-from typing import Iterator, Tuple
+from dataclasses import dataclass
+from typing import Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,31 @@ CHUNK_ELEMENTS = 1 << 26
 
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
+
+
+@dataclass
+class PointwiseConv:
+    """A channels-last ``nn.Linear`` (ConvNeXt's pointwise layers) as the 1x1 Conv2d it is on NCHW
+    maps: just the attributes the per-kernel maths read; ``weight`` [out, in, 1, 1] is a view of
+    the Linear's, so scores stay in step with the module."""
+
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+    in_channels: int
+    out_channels: int
+    kernel_size: Tuple[int, int] = (1, 1)
+    stride: Tuple[int, int] = (1, 1)
+    padding: Tuple[int, int] = (0, 0)
+    dilation: Tuple[int, int] = (1, 1)
+    groups: int = 1
+    padding_mode: str = "zeros"
+
+
+def as_conv(mod: Union[nn.Conv2d, nn.Linear]) -> Union[nn.Conv2d, PointwiseConv]:
+    """The conv view of a graph layer's module (a Conv2d itself, a Linear as a 1x1 conv)."""
+    if isinstance(mod, nn.Linear):
+        return PointwiseConv(mod.weight[:, :, None, None], mod.bias, mod.in_features, mod.out_features)
+    return mod
 
 
 def padded_input(conv: nn.Conv2d, a: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:

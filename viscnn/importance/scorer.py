@@ -14,7 +14,7 @@ from torch import nn
 
 from viscnn.graph.structure import Graph
 from viscnn.importance.capture import Captured, capture, layer_modules
-from viscnn.importance.convmath import CHUNK_ELEMENTS
+from viscnn.importance.convmath import CHUNK_ELEMENTS, as_conv
 from viscnn.importance.metrics import NEEDS_GRAD, check_metrics, conv_edge_scores, linear_edge_scores, map_scores
 from viscnn.importance.targets import Target, parse_target
 from viscnn.model_copy import working_copy
@@ -65,7 +65,7 @@ class Scorer:
                 edges = linear_edge_scores(mod, a, g, self.metrics, B, layer.in_channels)
             else:
                 nodes = map_scores(y, g, self.metrics, B, layer.channels, wmag, self.device)
-                edges = conv_edge_scores(mod, a, g, self.metrics, B, layer.out_size, self.chunk_elements,
+                edges = conv_edge_scores(as_conv(mod), a, g, self.metrics, B, layer.out_size, self.chunk_elements,
                                          nodes.get("gradient") if g is not None else None)
             yield li, {m: (nodes[m], edges[m]) for m in self.metrics}
         self.last_values = cap.values
