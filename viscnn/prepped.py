@@ -5,12 +5,17 @@ prepped_models/NAME/
                           (file name in this folder or null), "weights_sha256", "input_shape" [C,H,W],
                           "classes" [names], "normalize" {"mean": [...], "std": [...]},
                           "viscnn_version", "settings" {...}, "image_sets" [names: classes..., "all"],
-                          "image_counts" [per set], "metrics" [names], "layouts" [names], "stages" {stage: done}}
+                          "image_counts" [per set], "metrics" [names], "layouts" [names], "stages" {stage: done},
+                          "class_scores" {"metrics" [names], "images" [per class]} or absent/null}
   weights.pt             state_dict (loaded with weights_only=True)
   graph/                 graph.json + edges.npy (viscnn.graph.Graph.save)
   kernels/LAYER.npy      float32 [out, in/groups, kh, kw] per conv/linear layer
   scores/METRIC/nodes.npy float32 [n_sets, n_nodes]   target = loss over each image set
   scores/METRIC/edges.npy float32 [n_sets, n_edges]
+  scores/METRIC/class_nodes.npy float32 [n_classes, n_nodes]  row K: target = class:K over the images of K
+  scores/METRIC/class_edges.npy float32 [n_classes, n_edges]  (own-class scores; only the metrics listed
+                          in "class_scores", i.e. the target-dependent ones: activation and weight do not
+                          depend on the target, so their own-class scores are nodes.npy/edges.npy's class rows)
   layouts/NAME.npy       float32 [n_nodes, 2]: in-layer positions (the layer axis comes from the graph)
   featurevis/LAYER.npy   uint8 [channels, h, w, 3]; featurevis/LAYER.json {"objective": [...],
                           "best_real": [...], "beats_real": [...]}
@@ -41,7 +46,7 @@ import os
 import threading
 import weakref
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -50,6 +55,7 @@ from viscnn.graph import Graph
 
 FORMAT = "viscnn.prepped"
 VERSION = 1
+TARGET_FREE_METRICS = ("activation", "weight")  # the same for every target (viscnn.importance.metrics)
 
 _OPEN: "weakref.WeakSet[PreppedModel]" = weakref.WeakSet()
 
@@ -188,6 +194,37 @@ class PreppedModel:
         self._check_metric(metric)
         a = self._npy(f"scores/{metric}/edges.npy")
         return a if image_set is None else a[self.set_index(image_set)]
+
+    @property
+    def class_score_metrics(self) -> List[str]:
+        """Prepped metrics whose own-class scores (``class:K`` over the images of K) are available."""
+        stored = (self.manifest.get("class_scores") or {}).get("metrics")
+        if not stored:
+            return []
+        return [m for m in self.metrics if m in stored or m in TARGET_FREE_METRICS]
+
+    def class_image_count(self, cls) -> Optional[int]:
+        """How many images of class ``cls`` (name or index) the own-class scores average over."""
+        counts = (self.manifest.get("class_scores") or {}).get("images") or []
+        k = self._class_index(cls)
+        return int(counts[k]) if k < len(counts) else None
+
+    def class_scores(self, metric: str, cls) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """(nodes [N], edges [E]) of target ``class:K`` over the images of class K (``cls``: name or
+        index), precomputed by prep; None when this model or metric has no own-class scores."""
+        if metric not in self.class_score_metrics:
+            return None
+        k = self._class_index(cls)
+        if metric in TARGET_FREE_METRICS and metric not in self.manifest["class_scores"]["metrics"]:
+            return self.node_scores(metric)[k], self.edge_scores(metric)[k]
+        return self._npy(f"scores/{metric}/class_nodes.npy")[k], self._npy(f"scores/{metric}/class_edges.npy")[k]
+
+    def _class_index(self, cls) -> int:
+        if isinstance(cls, (int, np.integer)) and 0 <= cls < len(self.classes):
+            return int(cls)
+        if isinstance(cls, str) and cls in self.classes:
+            return self.classes.index(cls)
+        raise ViscnnError(f"unknown class {cls!r}; classes: {', '.join(self.classes)}")
 
     def _check_metric(self, metric: str) -> None:
         if metric not in self.metrics:

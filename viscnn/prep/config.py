@@ -27,6 +27,7 @@ Example (prepped_models/fmnist.toml)::
     seed = 0
     stages = ["graph", "kernels", "scores", "layouts", "featurevis", "exemplars", "images"]
     metrics = ["taylor", "taylor_signed", "actgrad_abs", "activation", "gradient", "weight"]
+    class_scores = true           # also class:K over the images of K (one more backward per batch)
 
     [featurevis]
     steps = 128
@@ -62,7 +63,7 @@ except ModuleNotFoundError:  # Python < 3.11
 STAGES = ["graph", "kernels", "scores", "layouts", "featurevis", "exemplars", "images"]
 METRICS = ["taylor", "taylor_signed", "actgrad_abs", "activation", "gradient", "weight"]
 DATA_KINDS = ["fashion-mnist", "folder", "torchvision"]
-NEW_KEYS = {"data.bad_images": "error", "featurevis.layers": []}  # see PrepConfig.section
+NEW_KEYS = {"data.bad_images": "error", "featurevis.layers": [], "run.class_scores": True}  # see PrepConfig.section
 _NOPE = object()
 
 DEFAULTS: Dict[str, Any] = {
@@ -73,7 +74,8 @@ DEFAULTS: Dict[str, Any] = {
     "data": {"kind": "fashion-mnist", "root": "", "split": "train", "images_per_class": 0, "dataset": "",
              "bad_images": "error"},
     "preprocess": {"size": [28, 28], "channels": 1, "mean": [0.0], "std": [1.0]},
-    "run": {"batch_size": 256, "device": "cpu", "seed": 0, "stages": list(STAGES), "metrics": ["taylor", "taylor_signed"]},
+    "run": {"batch_size": 256, "device": "cpu", "seed": 0, "stages": list(STAGES), "metrics": ["taylor", "taylor_signed"],
+            "class_scores": True},
     "featurevis": {"steps": 128, "edges_per_node": 3, "layers": []},
     "exemplars": {"k": 6},
     "app": {"images_per_class": 2},
@@ -196,6 +198,7 @@ def validate(v: Dict[str, Any]) -> None:
     _need(not bad, "run.stages", f"unknown {bad}; stages are {STAGES}")
     bad = [m for m in r["metrics"] if m not in METRICS] if isinstance(r["metrics"], list) else [r["metrics"]]
     _need(not bad and bool(r["metrics"]), "run.metrics", f"unknown {bad}; metrics are {METRICS}")
+    _need(isinstance(r["class_scores"], bool), "run.class_scores", f"{r['class_scores']!r}; true or false")
     _need(_is_int(v["featurevis"]["steps"]) and v["featurevis"]["steps"] > 0, "featurevis.steps", "a positive integer")
     _need(_is_int(v["featurevis"]["edges_per_node"]) and v["featurevis"]["edges_per_node"] >= 0, "featurevis.edges_per_node", "an integer >= 0")
     fl = v["featurevis"]["layers"]

@@ -6,6 +6,11 @@ When the exemplars stage is configured, the same pass also keeps every conv unit
 so exemplars cost no second forward pass over the dataset; the tables are checkpointed with the
 sums, merged across ranks, and left in ``scores/_exemplars`` for the exemplars stage.
 
+The same pass also scores the own-class logit (:mod:`viscnn.prep.own_class`, one extra
+forward+backward per batch) for the target-dependent metrics; its sums are kept under the keys
+``class.METRIC`` next to the loss sums (same rows, same checkpoints, same all-reduce), and their class
+rows are ``class:K`` over the images of K.
+
 Resumable: the running sums are checkpointed atomically (plain .npy + a JSON cursor) every few
 seconds; a rerun continues after the last checkpointed batch and adds the remaining batches in
 the same order, so the result is bit-identical to an uninterrupted run. Distributed: batch b goes
@@ -30,8 +35,9 @@ _TEST_DELAY = float(os.environ.get("VISCNN_TEST_BATCH_DELAY", "0"))  # lets the 
 
 
 def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.ndarray, Optional["TopK"]]:
-    """Per-set mean scores {metric: (nodes [S, N], edges [S, E])}, image counts [S], and the
-    conv units' top-k exemplar tables (None unless the exemplars stage is configured)."""
+    """Per-set mean scores {metric: (nodes [S, N], edges [S, E])} (the own-class ones under
+    ``class.METRIC``), image counts [S], and the conv units' top-k exemplar tables (None unless the
+    exemplars stage is still to run)."""
     from tqdm import tqdm
 
     from viscnn.importance.accumulate import class_membership
@@ -45,11 +51,16 @@ def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.nda
     part = ctx.out / "scores" / "_partial" / f"rank{ctx.rank}of{ctx.world}"
     from viscnn.prep.stages import stage_hash
 
-    k_ex = cfg["exemplars"]["k"] if "exemplars" in cfg["run"]["stages"] else 0
+    from viscnn.prep.own_class import OwnClassTarget, class_score_metrics
+
+    k_ex = cfg["exemplars"]["k"] if _exemplars_to_run(ctx) else 0
     key = stage_hash(cfg, "scores") + f":{bs}" + (f":exemplars{k_ex}" if k_ex else "")
     conv_channels = {l.name: l.channels for l in graph.conv_layers()}
-    sums, counts, cursor, top = _load_partial(part, metrics, n_sets, graph, key, k_ex, conv_channels)
+    own_metrics = class_score_metrics(cfg)
+    keys = metrics + [OWN + m for m in own_metrics]
+    sums, counts, cursor, top = _load_partial(part, keys, n_sets, graph, key, k_ex, conv_channels)
     scorer = BatchScorer(ctx.model, graph, metrics, device=device)
+    own = BatchScorer(ctx.model, graph, own_metrics, device=device, target=OwnClassTarget()) if own_metrics else None
     membership = class_membership(len(data.classes))
     total = data.num_batches(bs)
     mine = [b for b in range(total) if b % ctx.world == ctx.rank]
@@ -66,9 +77,10 @@ def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.nda
             for layer in conv_channels:
                 top.add(layer, outs[layer], start)
         member = membership(x, y).T.double().numpy()  # [sets, images]: its class row and the "all" row
-        for m, (pn, pe) in per_image.items():  # per-set sums as one float64 matmul (np.add.at is slow)
-            sums[m][0][...] += member @ pn.double().cpu().numpy()
-            sums[m][1][...] += member @ pe.double().cpu().numpy()
+        _add(sums, per_image, member, "")
+        if own is not None:  # one more backward: every image's own-class logit
+            del per_image
+            _add(sums, own(x.to(device), y.to(device)), member, OWN)
         counts += member.sum(1).astype(np.int64)
         cursor = b
         bar.update(1)
@@ -85,6 +97,26 @@ def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.nda
     safe = np.maximum(counts, 1)[:, None]
     means = {m: (s[0] / safe, s[1] / safe) for m, s in sums.items()}
     return means, counts, top
+
+
+OWN = "class."  # the key prefix of the own-class sums
+
+
+def _add(sums, per_image, member, prefix: str) -> None:
+    """Per-set sums as one float64 matmul per array (np.add.at is slow)."""
+    for m, (pn, pe) in per_image.items():
+        sums[prefix + m][0][...] += member @ pn.double().cpu().numpy()
+        sums[prefix + m][1][...] += member @ pe.double().cpu().numpy()
+
+
+def _exemplars_to_run(ctx) -> bool:
+    """Whether the exemplars stage will run after this pass (rerunning scores alone must not leave
+    top-k tables behind that no stage consumes)."""
+    from viscnn.prep.stages import outputs_exist, stage_hash
+
+    if "exemplars" not in ctx.cfg["run"]["stages"]:
+        return False
+    return not (ctx.manifest.done("exemplars", stage_hash(ctx.cfg, "exemplars")) and outputs_exist(ctx, "exemplars"))
 
 
 def save_exemplar_tables(folder, top, key: str) -> None:

@@ -22,7 +22,7 @@ from viscnn.prep.state import Manifest
 STAGE_INPUTS = {
     "graph": ("model", "preprocess"),
     "kernels": ("model",),
-    "scores": ("model", "data", "preprocess", "run.metrics"),
+    "scores": ("model", "data", "preprocess", "run.metrics", "run.class_scores"),
     "layouts": ("model", "data", "preprocess", "run.metrics", "run.seed"),
     "featurevis": ("model", "preprocess", "featurevis", "run.seed", "data"),
     "exemplars": ("model", "data", "preprocess", "exemplars"),
@@ -51,10 +51,14 @@ class Context:
 def stage_hash(cfg: PrepConfig, stage: str) -> str:
     import hashlib
 
+    from viscnn.prep.config import NEW_KEYS, _NOPE
+
     parts = {}
     for key in STAGE_INPUTS[stage]:
         top, _, sub = key.partition(".")
-        parts[key] = cfg[top][sub] if sub else cfg.section(top)
+        v = cfg[top][sub] if sub else cfg.section(top)
+        if not (sub and NEW_KEYS.get(key, _NOPE) == v):  # a newer key at its default keeps older hashes
+            parts[key] = v
     parts["weights"] = cfg["weights"]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -68,8 +72,12 @@ def outputs_exist(ctx: Context, stage: str) -> bool:
     o = ctx.out
     if stage == "graph":
         return (o / "graph" / "graph.json").is_file()
-    if stage == "scores":
-        return all((o / "scores" / m / f).is_file() for m in ctx.cfg["run"]["metrics"] for f in ("nodes.npy", "edges.npy"))
+    if stage == "scores":  # a prep from before the own-class scores lacks their files: scores are redone
+        from viscnn.prep.own_class import class_score_metrics
+
+        want = [(m, f) for m in ctx.cfg["run"]["metrics"] for f in ("nodes.npy", "edges.npy")]
+        want += [(m, f) for m in class_score_metrics(ctx.cfg) for f in CLASS_FILES]
+        return all((o / "scores" / m / f).is_file() for m, f in want)
     if stage == "images":
         return (o / "images" / "index.json").is_file()
     return (o / stage).is_dir()
@@ -97,22 +105,35 @@ def stage_kernels(ctx: Context):
 
 
 # -- scores ----------------------------------------------------------------------------
+CLASS_FILES = ("class_nodes.npy", "class_edges.npy")  # own-class scores: class:K over the images of K
+
+
 def stage_scores(ctx: Context):
-    from viscnn.prep.scoring import score_dataset
+    from viscnn.prep.scoring import OWN, score_dataset
 
     means, counts, top = score_dataset(ctx)  # under torchrun, returns after every rank's sums are reduced
+    stored = [k[len(OWN):] for k in means if k.startswith(OWN)]
     if ctx.rank == 0:
         if top is not None:  # exemplar tables from the same pass, for the exemplars stage
             from viscnn.prep.scoring import save_exemplar_tables
 
             save_exemplar_tables(ctx.out / "scores" / "_exemplars", top, exemplar_tables_key(ctx))
-        for metric, (nodes, edges) in means.items():
-            atomic_save_npy(ctx.out / "scores" / metric / "nodes.npy", nodes.astype(np.float32))
-            atomic_save_npy(ctx.out / "scores" / metric / "edges.npy", edges.astype(np.float32))
+        n_classes = len(ctx.data.classes)
+        for key, (nodes, edges) in means.items():
+            own = key.startswith(OWN)
+            metric, files = (key[len(OWN):], CLASS_FILES) if own else (key, ("nodes.npy", "edges.npy"))
+            rows = slice(0, n_classes) if own else slice(None)  # own-class: the class rows only
+            atomic_save_npy(ctx.out / "scores" / metric / files[0], nodes[rows].astype(np.float32))
+            atomic_save_npy(ctx.out / "scores" / metric / files[1], edges[rows].astype(np.float32))
         import shutil
 
         shutil.rmtree(ctx.out / "scores" / "_partial", ignore_errors=True)  # checkpoints are no longer needed
-    return {"image_counts": [int(c) for c in counts], "score_ranks": ctx.world}
+        for m in ctx.cfg["run"]["metrics"]:  # class files of a metric no longer own-class scored
+            if m not in stored:
+                for f in CLASS_FILES:
+                    (ctx.out / "scores" / m / f).unlink(missing_ok=True)
+    own_info = {"metrics": stored, "images": [int(c) for c in counts[:len(ctx.data.classes)]]} if stored else None
+    return {"image_counts": [int(c) for c in counts], "score_ranks": ctx.world, "class_scores": own_info}
 
 
 # -- layouts ---------------------------------------------------------------------------
