@@ -10,6 +10,7 @@ from viscnn.app import dataset_sets as D
 from viscnn.app import queries
 from viscnn.app.context import AppContext
 from viscnn.errors import ViscnnError
+from viscnn.importance.faithfulness_curve import FRACTIONS
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +30,18 @@ def test_class_target_equals_compute_scores(fmnist):
 
     actx, name = fmnist
     s = actx.defaults(name)
-    s.update(target="class:Sneaker", set="Sneaker", n="64", metric="taylor")
+    # over Sandal images: class:Sneaker over Sneaker images is precomputed by prep (no run)
+    s.update(target="class:Sneaker", set="Sandal", n="64", metric="taylor")
     seen = []
     actx.compute_run(s, lambda d, t: seen.append((d, t)))
     r = actx.resolve(s)
-    assert r.run_info["sets"]["Sneaker"] == {"images": 64, "source": "dataset"}
+    assert r.run_info["sets"]["Sandal"] == {"images": 64, "source": "dataset"}
     assert seen[0] == (0, 64) and seen[-1] == (64, 64)
     assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
 
     pm = actx.prepped(name)
     imgs, labels = load_fashion_mnist("train")
-    idx = np.flatnonzero(labels == pm.classes.index("Sneaker"))
+    idx = np.flatnonzero(labels == pm.classes.index("Sandal"))
     pick = idx[np.round(np.linspace(0, len(idx) - 1, 64)).astype(int)]
     norm = pm.manifest["normalize"]
     x = (torch.from_numpy(imgs[pick]).float().div(255).unsqueeze(1) - norm["mean"][0]) / norm["std"][0]
@@ -48,7 +50,19 @@ def test_class_target_equals_compute_scores(fmnist):
     np.testing.assert_allclose(r.node_scores, ref[0], rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(r.edge_scores, ref[1], rtol=1e-4, atol=1e-7)
     line = queries.basis(pm, r.query, True, r.run_info)
-    assert "mean over 64 train images of 'Sneaker'" in line
+    assert "mean over 64 train images of 'Sandal'" in line
+
+
+def test_own_class_target_is_precomputed_whatever_the_count(fmnist):
+    actx, name = fmnist
+    s = dict(actx.defaults(name), target="class:Sneaker", set="Sneaker", n="64", metric="taylor")
+    pm = actx.prepped(name)
+    assert not queries.needs_run(pm, queries.Query(s["target"], s["set"], s["metric"]))
+    r = actx.resolve(s)
+    assert not r.pending and r.run_info is None
+    k = pm.classes.index("Sneaker")
+    np.testing.assert_array_equal(r.edge_scores, np.asarray(pm.class_scores("taylor", k)[1]))
+    assert "precomputed" in queries.basis(pm, r.query, False, None)
 
 
 def test_count_is_part_of_the_cache_key(fmnist):
@@ -107,7 +121,8 @@ def test_faithfulness_in_the_app_is_measured_on_held_out_images(fmnist):
     from viscnn.importance.faithfulness import faithfulness
 
     actx, name = fmnist
-    s = dict(actx.defaults(name), target="class:Trouser", set="Trouser", n="64", mode="topk", value=200)
+    # class:Dress over Trouser images: not an own-class target, so it runs over the 64 images
+    s = dict(actx.defaults(name), target="class:Dress", set="Trouser", n="64", mode="topk", value=200)
     actx.compute_run(s)
     rep = F.measure(actx, s)
     assert rep["where"].startswith("256 held-out train images of 'Trouser' (not the 64")
@@ -117,7 +132,21 @@ def test_faithfulness_in_the_app_is_measured_on_held_out_images(fmnist):
     held = np.setdiff1d(pool, D.set_positions(ds, pm.classes, "Trouser", 64))
     pick = held[np.unique(np.linspace(0, len(held) - 1, 256).round().astype(np.int64))]
     assert not np.isin(pick, D.set_positions(ds, pm.classes, "Trouser", 64)).any()
-    ref = faithfulness(get_model(pm), pm.graph, queries.parse_target(pm, "class:Trouser"), actx.resolve(s).circuit,
+    ref = faithfulness(get_model(pm), pm.graph, queries.parse_target(pm, "class:Dress"), actx.resolve(s).circuit,
                        D.dataset_batches(ds, pick), n_random=F.RANDOM_CIRCUITS)
     assert rep["circuit"] == ref["circuit"] and rep["images"] == 256
     assert "Pearson" in str(F.faith_children(rep))
+    # the faithfulness-vs-size curve: each size's circuit measured like the report does, same images
+    cur = rep["curve"]
+    assert cur["fractions"] == list(FRACTIONS) and cur["images"] == 256
+    assert cur["edges"] == sorted(cur["edges"]) and cur["edges"][-1] > cur["edges"][0]
+    r = actx.resolve(s)
+    i = cur["fractions"].index(0.05)
+    c5 = queries.circuit_of(pm.graph, r.node_scores, r.edge_scores, {"keep": 0.05}, queries.target_nodes(pm, s["target"]))
+    ref5 = faithfulness(get_model(pm), pm.graph, queries.parse_target(pm, s["target"]), c5,
+                        D.dataset_batches(ds, pick), n_random=0)
+    assert cur["edges"][i] == len(c5.edges)
+    assert cur["pearson"][i] == pytest.approx(ref5["circuit"]["pearson"], abs=1e-9)
+    assert cur["relative_error"][i] == pytest.approx(ref5["circuit"]["relative_error"], abs=1e-9)
+    assert cur["random_pearson"][i] is not None  # empty circuits (the smallest sizes) get no random ones
+    assert "faith-curve" in str(F.faith_children(rep))

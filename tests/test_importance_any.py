@@ -2,6 +2,7 @@
 block (channels-last Linears as 1x1 convs, LayerNorm, layer scale, stochastic depth) and
 ShuffleNet units (chunk, cat, channel shuffle)."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -10,6 +11,7 @@ from torchvision.models.shufflenetv2 import InvertedResidual
 
 from viscnn.graph import build_graph
 from viscnn.importance.metrics import METRICS
+from viscnn.importance.node_scores import replacement_taylor
 from viscnn.importance.reference import DissectedScorer
 from viscnn.importance.scorer import Scorer
 from viscnn.importance.targets import parse_target
@@ -83,9 +85,18 @@ def test_fast_scores_equal_the_dissected_reference(net, target):
             fast = res[met][1][:, l.edge_offset:l.edge_offset + l.num_edges]
             r = ref[met][l.name]
             assert fast.shape == r.shape and rel(fast, r) < 1e-4, (met, l.name)
-    # node Taylor terms = edge terms + the bias term, for convs and channels-last Linears alike
+    # node Taylor terms = edge terms + the bias term, for convs and channels-last Linears alike,
+    # where no BN/activation chain follows the conv; after a chain: the replacement Taylor reference
     mods = dict(s.model.named_modules())
+    chained = [l for l in ran if l.name in s._post]
+    if chained:
+        rt = replacement_taylor(m, g, t, [(x, None)])
+        for l in chained:
+            sl = slice(l.node_offset, l.node_offset + l.channels)
+            np.testing.assert_allclose(res["taylor"][0][:, sl].mean(0).numpy(), rt[sl], rtol=1e-4, atol=1e-6)
     for l in ran:
+        if l.name in s._post:
+            continue
         gj = cap.grads[l.name]
         assert gj.shape[1] == l.channels and cap.outputs[l.name].shape[1] == l.channels  # NCHW views
         edges = res["taylor_signed"][1][:, l.edge_offset:l.edge_offset + l.num_edges].reshape(3, l.channels, -1).sum(2)

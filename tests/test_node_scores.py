@@ -11,6 +11,7 @@ from viscnn.graph import build_graph
 from viscnn.importance.accumulate import compute_scores
 from viscnn.importance.node_scores import (elementwise_chains, exact_removal, node_scores_from_kernels,
                                            replacement_taylor)
+from viscnn.importance.scorer import Scorer
 from viscnn.importance.targets import parse_target
 from viscnn.zoo.fmnist import FashionCNN
 
@@ -120,13 +121,36 @@ def test_fast_scores_equal_references(setup, target):
     assert cost["forwards"] == len(batches) * (1 + len(idx))
 
 
+def _plain(m, g, target, batches) -> np.ndarray:
+    """Plain node Taylor |Σ g·h| at the conv output, from the captured maps and gradients."""
+    sc = Scorer(m, g, target, ["gradient"])
+    out = np.zeros(g.num_nodes)
+    n = 0
+    for x, y in batches:
+        cap = sc.capture(x, y)
+        for l in g.conv_layers():
+            t = (cap.outputs[l.name] * cap.grads[l.name]).sum((2, 3)).abs().sum(0)
+            out[l.node_offset:l.node_offset + l.channels] += t.numpy()
+        n += len(x)
+    return out / n
+
+
 def test_plain_chain_reduces_to_node_taylor(setup):
-    """Stopping after the conv (no chain) with a zero replacement is today's node Taylor score."""
+    """Stopping after the conv (no chain) with a zero replacement is the plain node Taylor score."""
     m, g, x, batches = setup
     idx = _conv_idx(g)
-    plain = compute_scores(m, g, "class:0", batches, ("taylor",))["taylor"][0]
     rep = replacement_taylor(m, g, "class:0", batches, replace="zero", chain_len=0)
-    np.testing.assert_allclose(rep[idx], plain[idx], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(rep[idx], _plain(m, g, "class:0", batches)[idx], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("target", ["loss", "class:1"])
+def test_default_node_taylor_is_replacement_taylor(setup, target):
+    """compute_scores' node ``taylor`` (the default node score, prep and app) is replacement Taylor."""
+    m, g, x, batches = setup
+    idx = _conv_idx(g)
+    fast = compute_scores(m, g, target, batches, ("taylor", "taylor_signed"))
+    np.testing.assert_allclose(fast["taylor"][0][idx], _ref_replacement(m, g, target, x)[idx], rtol=1e-4, atol=1e-6)
+    assert not np.allclose(fast["taylor"][0][idx], _plain(m, g, target, batches)[idx], rtol=1e-2)
 
 
 def test_kernel_aggregates(setup):
@@ -156,7 +180,7 @@ def test_replacement_ranks_removals_better_than_plain_taylor():
         idx = _conv_idx(g)
         for target in ("loss", "class:0"):
             truth = exact_removal(m, g, target, batches)[0][idx]
-            plain_r.append(spearmanr(compute_scores(m, g, target, batches, ("taylor",))["taylor"][0][idx], truth)[0])
+            plain_r.append(spearmanr(_plain(m, g, target, batches)[idx], truth)[0])
             rep_r.append(spearmanr(replacement_taylor(m, g, target, batches)[idx], truth)[0])
     assert all(r > p for r, p in zip(rep_r, plain_r)), (rep_r, plain_r)
     assert np.mean(rep_r) > 0.9 and np.mean(rep_r) > np.mean(plain_r) + 0.08, (rep_r, plain_r)
@@ -184,5 +208,5 @@ def test_shared_module_ends_the_chain():
     x = torch.rand(4, 1, 6, 6)
     assert elementwise_chains(m, g, x) == {"conv1": ["bn1"], "conv2": ["bn2"]}
     # through BN alone (affine) the replacement score is exactly the plain node Taylor score
-    plain = compute_scores(m, g, "class:0", [(x, None)], ("taylor",))["taylor"][0]
+    plain = _plain(m, g, "class:0", [(x, None)])
     np.testing.assert_allclose(replacement_taylor(m, g, "class:0", [(x, None)])[1:7], plain[1:7], rtol=1e-4, atol=1e-6)

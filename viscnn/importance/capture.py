@@ -34,6 +34,9 @@ class Captured:
     inputs: Dict[str, torch.Tensor] = field(default_factory=dict)  # layer name -> a
     outputs: Dict[str, torch.Tensor] = field(default_factory=dict)  # layer name -> y
     grads: Dict[str, torch.Tensor] = field(default_factory=dict)  # layer name -> g
+    # conv layer name -> the map at the end of its elementwise chain (BN, ReLU...) and its gradient
+    post: Dict[str, torch.Tensor] = field(default_factory=dict)
+    post_grads: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def model_logits(out) -> torch.Tensor:
@@ -71,8 +74,12 @@ def layer_modules(model: nn.Module, graph: Graph) -> Dict[str, nn.Module]:
 
 
 def capture(model: nn.Module, modules: Dict[str, nn.Module], graph: Graph, target: Target, x: torch.Tensor,
-            labels: Optional[torch.Tensor] = None, clone: bool = False, need_grads: bool = True) -> Optional[Captured]:
+            labels: Optional[torch.Tensor] = None, clone: bool = False, need_grads: bool = True,
+            post_modules: Optional[Dict[str, nn.Module]] = None) -> Optional[Captured]:
     """Run ``model`` (a working copy) on ``x`` and backprop ``target.sum()``.
+
+    ``post_modules``: conv layer name -> the last module of its elementwise chain, whose output
+    and gradient are kept too (for replacement-Taylor node scores).
 
     Returns None when an in-place op modified a kept tensor (call again with ``clone=True``).
     """
@@ -99,7 +106,20 @@ def capture(model: nn.Module, modules: Dict[str, nn.Module], graph: Graph, targe
             return out.clone() if clone else None
         return hook
 
+    post: Dict[str, torch.Tensor] = {}
+    post_grads: Dict[str, torch.Tensor] = {}
+
+    def make_post_hook(name):
+        def hook(mod, inp, out):
+            post[name] = out
+            versions.append((out, out._version))
+            if need_grads and out.requires_grad:
+                out.register_hook(lambda gr: post_grads.__setitem__(name, gr))
+            return out.clone() if clone else None
+        return hook
+
     handles = [m.register_forward_hook(make_hook(n)) for n, m in modules.items()]
+    handles += [m.register_forward_hook(make_post_hook(n)) for n, m in (post_modules or {}).items()]
     x_leaf = x.detach().requires_grad_(need_grads)
     logits = None
     try:
@@ -120,4 +140,5 @@ def capture(model: nn.Module, modules: Dict[str, nn.Module], graph: Graph, targe
             h.remove()
     return Captured(x_leaf.detach(), x_leaf.grad if need_grads else None, values.detach(),
                     None if logits is None else logits.detach(),
-                    {k: v.detach() for k, v in inputs.items()}, {k: v.detach() for k, v in outputs.items()}, grads)
+                    {k: v.detach() for k, v in inputs.items()}, {k: v.detach() for k, v in outputs.items()}, grads,
+                    {k: v.detach() for k, v in post.items()}, post_grads)

@@ -5,6 +5,13 @@ an edge i→j: the kernel's map ``a_i ⋆ w_ji``, whose gradient is ``g_j``), pe
 
   taylor          |Σ_p g·h|    (Molchanov et al.; the change of the target if h were removed, to first order)
   taylor_signed    Σ_p g·h     (positive: h pushes the target up; negative: it inhibits it)
+
+  For a conv *node* followed by per-channel elementwise modules (BN, ReLU, ...: its "chain"),
+  both Taylor scores are taken at the chain's end with the value removal really leaves there:
+  ``Σ_p g_a·(a - chain(0))``, ``a = chain(h)`` ("replacement Taylor", see
+  :mod:`viscnn.importance.node_scores`): zeroing a filter is a large move across the ReLU kink
+  that ``g·h`` at the conv output misjudges. Through BN alone it equals ``Σ g·h`` exactly.
+
   actgrad_abs     mean_p |g·h| (VISCNN's original score, for comparison)
   activation      mean_p |h|
   gradient        mean_p |g|   (for an edge, the gradient at its output channel)
@@ -57,6 +64,13 @@ def map_scores(h: Optional[torch.Tensor], g: Optional[torch.Tensor], metrics, B:
         elif m == "weight":
             out[m] = zeros if weight_mag is None else weight_mag.float().to(device).expand(B, C)
     return out
+
+
+def replacement_node_taylor(a: torch.Tensor, g_a: torch.Tensor, zero: torch.Tensor, metrics) -> Dict[str, torch.Tensor]:
+    """Conv node Taylor scores [B, C] at the end of the node's elementwise chain: ``Σ_p g_a·(a - chain(0))``."""
+    B, C = a.shape[:2]
+    d = (g_a.detach().float() * (a.detach().float() - zero.float().view(1, C, 1, 1))).reshape(B, C, -1).sum(2)
+    return {m: (d.abs() if m == "taylor" else d) for m in ("taylor", "taylor_signed") if m in metrics}
 
 
 def conv_edge_scores(conv: nn.Conv2d, a: Optional[torch.Tensor], g: Optional[torch.Tensor], metrics, B: int,

@@ -103,7 +103,7 @@ def elementwise_chains(model: nn.Module, graph: Graph, x: torch.Tensor) -> Dict[
     return chains
 
 
-def _zero_values(mods: Dict[str, nn.Module], chain: List[str], C: int, like: torch.Tensor) -> torch.Tensor:
+def chain_zero(mods: Dict[str, nn.Module], chain: List[str], C: int, like: torch.Tensor) -> torch.Tensor:
     """``chain(0)`` per channel, [C] (BN in eval mode is affine, so a 1x1 zero map is enough)."""
     z = torch.zeros(1, C, 1, 1, dtype=like.dtype, device=like.device)
     with torch.no_grad():
@@ -149,6 +149,7 @@ def replacement_taylor(model: nn.Module, graph: Graph, target: Union[str, Target
                 if name in ends:
                     out.retain_grad()
                     kept[ends[name]] = out
+                    return out.clone()  # later in-place ops (ResNet's ``out += identity``) hit this copy
                 return out
             return hook
 
@@ -174,7 +175,7 @@ def replacement_taylor(model: nn.Module, graph: Graph, target: Union[str, Target
             layer = graph.layer(c)
             d = a.detach() * a.grad
             if replace == "exact":
-                d = d - _zero_values(mods, chains.get(c, []), layer.channels, a).view(1, -1, 1, 1) * a.grad
+                d = d - chain_zero(mods, chains.get(c, []), layer.channels, a).view(1, -1, 1, 1) * a.grad
             s = d.reshape(d.shape[0], layer.channels, -1).sum(2).abs().double().sum(0)
             sums[layer.node_offset:layer.node_offset + layer.channels] += s.cpu().numpy()
         n_img += x.shape[0]

@@ -15,7 +15,9 @@ from torch import nn
 from viscnn.graph.structure import Graph
 from viscnn.importance.capture import Captured, capture, layer_modules
 from viscnn.importance.convmath import CHUNK_ELEMENTS, as_conv
-from viscnn.importance.metrics import NEEDS_GRAD, check_metrics, conv_edge_scores, linear_edge_scores, map_scores
+from viscnn.importance.metrics import (NEEDS_GRAD, check_metrics, conv_edge_scores, linear_edge_scores, map_scores,
+                                       replacement_node_taylor)
+from viscnn.importance.node_scores import chain_zero, elementwise_chains
 from viscnn.importance.targets import Target, parse_target
 from viscnn.model_copy import working_copy
 
@@ -35,15 +37,30 @@ class Scorer:
         self.modules = layer_modules(self.model, graph)
         self.chunk_elements = chunk_elements
         self._clone = False
+        self._post: Optional[Dict[str, nn.Module]] = None  # conv name -> end of its elementwise chain
+        self._zero: Dict[str, torch.Tensor] = {}  # conv name -> chain(0) per channel [C]
+
+    def _chains(self, x: torch.Tensor) -> Dict[str, nn.Module]:
+        """Traced once from the first batch: a conv's node score is taken after its chain."""
+        if self._post is None:
+            mods = dict(self.model.named_modules())
+            self._post = {}
+            if any(m in ("taylor", "taylor_signed") for m in self.metrics):
+                for conv, chain in elementwise_chains(self.model, self.graph, x[:1]).items():
+                    if chain:
+                        self._post[conv] = mods[chain[-1]]
+                        self._zero[conv] = chain_zero(mods, chain, self.graph.layer(conv).channels, x)
+        return self._post
 
     def capture(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Captured:
         x = x.to(self.device)
         labels = labels.to(self.device) if labels is not None else None
         need = any(m in NEEDS_GRAD for m in self.metrics)
-        cap = capture(self.model, self.modules, self.graph, self.target, x, labels, self._clone, need)
+        post = self._chains(x)
+        cap = capture(self.model, self.modules, self.graph, self.target, x, labels, self._clone, need, post)
         if cap is None:  # an in-place op touched a kept tensor: redo (and keep doing) it safely
             self._clone = True
-            cap = capture(self.model, self.modules, self.graph, self.target, x, labels, True, need)
+            cap = capture(self.model, self.modules, self.graph, self.target, x, labels, True, need, post)
         return cap
 
     def layer_scores(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None
@@ -65,6 +82,9 @@ class Scorer:
                 edges = linear_edge_scores(mod, a, g, self.metrics, B, layer.in_channels)
             else:
                 nodes = map_scores(y, g, self.metrics, B, layer.channels, wmag, self.device)
+                if layer.name in cap.post_grads:
+                    nodes.update(replacement_node_taylor(cap.post[layer.name], cap.post_grads[layer.name],
+                                                         self._zero[layer.name], self.metrics))
                 edges = conv_edge_scores(as_conv(mod), a, g, self.metrics, B, layer.out_size, self.chunk_elements,
                                          nodes.get("gradient") if g is not None else None)
             yield li, {m: (nodes[m], edges[m]) for m in self.metrics}

@@ -48,6 +48,11 @@ class Context:
         return self._graph
 
 
+# bumped when a stage's code changes what it writes for the same config: graph 2 (channels-last
+# layers in graph.json), scores 2 (conv node Taylor scores are replacement Taylor), layouts 2 (from them)
+CODE_VERSIONS = {"graph": 2, "scores": 2, "layouts": 2}
+
+
 def stage_hash(cfg: PrepConfig, stage: str) -> str:
     import hashlib
 
@@ -60,6 +65,8 @@ def stage_hash(cfg: PrepConfig, stage: str) -> str:
         if not (sub and NEW_KEYS.get(key, _NOPE) == v):  # a newer key at its default keeps older hashes
             parts[key] = v
     parts["weights"] = cfg["weights"]
+    if CODE_VERSIONS.get(stage, 1) > 1:
+        parts["code"] = CODE_VERSIONS[stage]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

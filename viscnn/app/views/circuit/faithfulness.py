@@ -15,6 +15,7 @@ from viscnn.errors import ViscnnError
 
 MEASURE_IMAGES = 256
 RANDOM_CIRCUITS = 5
+CURVE_RANDOM = 3  # random circuits per size on the faithfulness-vs-size curve
 
 
 def faith_key(actx, s: dict) -> str:
@@ -28,6 +29,7 @@ def measure(actx, s: dict, progress: Optional[Callable[[int, int], None]] = None
     from viscnn.app import queries
     from viscnn.app.activations import get_model
     from viscnn.importance.faithfulness import faithfulness
+    from viscnn.importance.faithfulness_curve import size_curve
 
     r = actx.resolve(s)
     if r.pending or r.circuit is None:
@@ -57,12 +59,18 @@ def measure(actx, s: dict, progress: Optional[Callable[[int, int], None]] = None
             yield b
             done += int(b[0].shape[0])
             if progress:
-                progress(done, len(pick))
+                progress(round(50 * done / len(pick)), 100)
     if progress:
-        progress(0, len(pick))
+        progress(0, 100)
     target = queries.parse_target(pm, s["target"])
-    rep = faithfulness(get_model(pm), pm.graph, target, r.circuit, batches(), n_random=RANDOM_CIRCUITS)
+    model = get_model(pm)
+    rep = faithfulness(model, pm.graph, target, r.circuit, batches(), n_random=RANDOM_CIRCUITS)
     rep["where"] = f"{len(pick)} {where}"
+    targets = queries.target_nodes(pm, s["target"])
+    rep["curve"] = size_curve(model, pm.graph, target,
+                              lambda f: queries.circuit_of(pm.graph, r.node_scores, r.edge_scores, {"keep": f}, targets),
+                              D.dataset_batches(ds, pick), n_random=CURVE_RANDOM,
+                              progress=(lambda d, t: progress(50 + round(50 * d / t), 100)) if progress else None)
     return rep
 
 
@@ -81,6 +89,13 @@ def faith_children(rep: dict) -> list:
                      f"these images class {p['class']} (full model {100 * p['accuracy_full']:.0f}%).")
     if rep.get("warning"):
         parts.append(html.Span(" " + rep["warning"], className="warn"))
+    if rep.get("curve"):
+        from dash import dcc
+
+        from viscnn.app.figures.faith_curve import faith_curve_figure
+
+        fig = faith_curve_figure(rep["curve"], rep["edges"], rep["total_edges"], rep["where"])
+        parts.append(dcc.Graph(id="faith-curve", figure=fig, config={"displaylogo": False}, className="faith-curve"))
     return parts
 
 
@@ -105,7 +120,7 @@ def register(app, actx) -> None:
         if job is None:
             return "", True  # not measured for this circuit (yet): no stale figure stays on the page
         if not job.finished:
-            return progress_line(job.done, job.total, "measuring faithfulness: images"), False
+            return progress_line(job.done, job.total, "measuring faithfulness and its curve over sizes"), False
         if job.error:
             return html.Span(job.error, className="warn"), True
         rep = actx.memo_get(("faith", key))

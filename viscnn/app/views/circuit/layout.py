@@ -22,7 +22,8 @@ TIPS = {
                 "image) or a combination such as 'Sneaker - all' (red then means more important for Sneaker "
                 "than for all images).",
     "metric": "How a node's or kernel's importance is scored: taylor = |activation x gradient| (first-order "
-              "Taylor estimate of the loss change when it is removed), taylor_signed keeps the sign, gradient, "
+              "Taylor estimate of the target's change when it is removed; for a conv node taken after its "
+              "BN/ReLU with the value removal leaves there), taylor_signed keeps the sign, gradient, "
               "weight = kernel norm.",
     "mode": "How the circuit is cut from the scores: mass = the smallest set of edges holding this fraction of "
             "each layer's total |score|; topk = the k highest-scoring edges; score = every edge scoring at least "
