@@ -1,7 +1,7 @@
 """Circuits: the kernels and filters that matter for a target, from node and edge scores.
 
-Thresholds (exactly one): ``mass`` keeps, per layer, the fewest highest-scoring edges (and
-nodes) holding that fraction of the layer's total |score| (VISCNN's hierarchical rule);
+Thresholds (exactly one): ``mass`` keeps, per layer, the fewest highest-scoring edges
+holding that fraction of the layer's total |score| (VISCNN's hierarchical rule, on edges only);
 ``keep`` keeps the top-k edges globally (int) or a fraction of all edges (float in (0, 1));
 ``min_score`` keeps edges with |score| >= it. Then effective connectivity: only edges and
 nodes on some path from an input channel to a target node survive. Vectorised numpy, layer by
@@ -120,7 +120,6 @@ def extract_circuit(graph: Graph, node_scores: np.ndarray, edge_scores: np.ndarr
     if len(given) != 1:
         raise ViscnnError("give exactly one threshold: mass, keep or min_score" + (f" (got {', '.join(given)})" if given else ""))
     ae = np.nan_to_num(np.abs(edge_scores))
-    an = np.nan_to_num(np.abs(node_scores))
     E = graph.num_edges
     node_ok = np.ones(graph.num_nodes, bool)
     if mass is not None:
@@ -128,8 +127,9 @@ def extract_circuit(graph: Graph, node_scores: np.ndarray, edge_scores: np.ndarr
             raise ViscnnError(f"mass must be in (0, 1], got {mass}")
         layers = graph.layers
         edge_ok = _mass_keep(ae, [(l.edge_offset, l.edge_offset + l.num_edges) for l in layers if l.kind != "input"], mass)
-        node_ok = _mass_keep(an, [(l.node_offset, l.node_offset + l.channels) for l in layers if l.kind != "input"], mass)
-        node_ok[:layers[0].channels] = True
+        # nodes are not thresholded on their own (as for keep/min_score): a node is in the circuit when
+        # kept edges connect it. A separate node mass cut emptied circuits whenever node and kernel
+        # scores rank a layer's channels differently (replacement node Taylor vs kernel Taylor).
         settings = {"rule": "mass", "mass": float(mass)}
     elif keep is not None:
         if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
