@@ -17,6 +17,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from viscnn.errors import ViscnnError
+from viscnn.graph.fx_tracer import ThreadSafeTracer
 from viscnn.receptive_field import _spatial
 
 
@@ -31,7 +32,7 @@ def meta_trace(model: nn.Module) -> fx.GraphModule:
     memo.update({id(b): torch.empty_like(b, device="meta") for b in model.buffers()})
     m = copy.deepcopy(model, memo).eval()
     try:
-        g = fx.Tracer().trace(m)
+        g = ThreadSafeTracer().trace(m)
     except Exception as e:
         raise ViscnnError(f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}") from None
     return fx.GraphModule(m, g, type(model).__name__)

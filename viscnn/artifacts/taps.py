@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from viscnn.errors import ViscnnError
+from viscnn.graph.fx_tracer import ThreadSafeTracer
 from viscnn.model_copy import working_copy
 
 STAGES = ("conv", "act", "pool")
@@ -71,7 +72,7 @@ def traced_copy(model: nn.Module, device: str = "cpu") -> fx.GraphModule:
     quarter of the forward being analysed), a full :func:`working_copy` otherwise."""
     m = light_copy(model) if _on(model, device) else working_copy(model).to(device)
     try:
-        g = fx.Tracer().trace(m)
+        g = ThreadSafeTracer().trace(m)
     except Exception as e:
         raise ViscnnError(f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}") from None
     return fx.GraphModule(m, g, type(model).__name__)

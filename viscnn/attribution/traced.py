@@ -23,6 +23,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from viscnn.attribution.relu_rules import apply_rule, check_rule
 from viscnn.errors import ViscnnError
+from viscnn.graph.fx_tracer import ThreadSafeTracer
 from viscnn.model_copy import working_copy
 
 _VIEW_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "narrow", "select",
@@ -240,7 +241,7 @@ def grad_leaf(t: torch.Tensor) -> torch.Tensor:
 
 def _trace(m: nn.Module) -> fx.GraphModule:
     """:func:`viscnn.graph.build.trace` without its defensive deep copy (``m`` is already our copy)."""
-    tracer = fx.Tracer()
+    tracer = ThreadSafeTracer()
     tracer.record_stack_traces = True
     try:
         g = tracer.trace(m)

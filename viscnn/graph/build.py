@@ -17,6 +17,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from viscnn.errors import UnsupportedOperationError, ViscnnError
+from viscnn.graph.fx_tracer import ThreadSafeTracer
 from viscnn.graph import provenance as P
 from viscnn.graph.channel_ops import LAYOUT_FUNCTIONS, LAYOUT_METHODS, ChannelOps, _argv
 from viscnn.graph.structure import Graph, Layer
@@ -33,7 +34,7 @@ def infer_input_channels(model: nn.Module) -> int:
     raise ViscnnError(f"{type(model).__name__} has no Conv2d layer; viscnn graphs are built from Conv2d kernels")
 
 
-class _Tracer(fx.Tracer):
+class _Tracer(ThreadSafeTracer):
     """Keeps ``nn.Linear`` subclasses (timm's ``Linear``) whole, so they are modules of the graph
     (class layer, channels-last 1x1 layer) and not a bare ``F.linear``."""
 
