@@ -36,6 +36,7 @@ CACHE_SIZE = 24
 
 @dataclass
 class Activations:
+    # channels first for every graph layer: a Linear over NHWC channels (a 1x1 conv layer) too
     inputs: Dict[str, np.ndarray]  # layer -> float32 [C_in, H, W] (or [F] for a linear layer)
     outputs: Dict[str, np.ndarray]  # layer -> float32 [C, H, W] (or [C] for a linear layer)
     image: np.ndarray  # float32 [C, H, W], normalized as the model sees it
@@ -122,6 +123,8 @@ def run(pm, image_key: str, arr: np.ndarray, ablate: Sequence[str] = (),
 def _run(pm, arr, ablate, extra=()) -> Activations:
     import torch
 
+    from viscnn.importance.capture import channels_last, nchw
+
     graph = pm.graph
     model = get_model(pm)
     nodes, edges = parse_ablation(graph, ablate)
@@ -147,11 +150,13 @@ def _run(pm, arr, ablate, extra=()) -> Activations:
 
     def hook(name):
         def f(mod, inp, out):
+            cl = channels_last(mod, out)  # NHWC in and out: kept as [C, H, W] like every other layer
             if name in zero_by_layer:
                 out = out.clone()
-                out[:, zero_by_layer[name]] = 0
-            ins[name] = inp[0][0].detach().numpy().astype(np.float32, copy=True)
-            outs[name] = out[0].detach().numpy().astype(np.float32, copy=True)
+                out[(slice(None),) * (3 if cl else 1) + (zero_by_layer[name],)] = 0
+            a, o = (nchw(inp[0]), nchw(out)) if cl else (inp[0], out)
+            ins[name] = a[0].detach().numpy().astype(np.float32, copy=True)
+            outs[name] = o[0].detach().numpy().astype(np.float32, copy=True)
             return out
         return f
 

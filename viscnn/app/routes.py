@@ -128,6 +128,8 @@ def kernel_of(pm, edge: int) -> np.ndarray:
     li, j, i = (int(v) for v in g.edges[edge])
     layer = g.layers[li]
     k = pm.kernels(layer.name)
+    if k.ndim == 2 and layer.kind == "conv":  # a Linear over NHWC channels, stored [out, in]: 1x1 kernels
+        return np.asarray(k[j, i], np.float32).reshape(1, 1)
     return np.asarray(k[j, i % (layer.in_channels // layer.groups)], np.float32)
 
 

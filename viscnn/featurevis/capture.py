@@ -3,6 +3,10 @@
 Forward hooks on a working copy keep the needed outputs (or, for edges, the conv's input); once
 all are kept a private exception stops the forward pass, so rendering ``features.3`` of AlexNet
 never pays for the later convs or the 37M-parameter classifier, and the backward pass is as short.
+
+Every kept tensor is NCHW: a Linear over the channels of an NHWC map (ConvNeXt's pointwise layers,
+1x1 conv layers of the graph) gives its input and output as NCHW views, so objectives index the
+channels of every graph layer the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import torch
 from torch import nn
 
 from viscnn.errors import ViscnnError
+from viscnn.importance.capture import channels_last, nchw
 
 
 class _Stop(Exception):
@@ -43,13 +48,14 @@ class Capture:
 
     def _pre_hook(self, layer: str):
         def hook(module, inputs):
-            self.captured[(layer, "in")] = inputs[0]
+            a = inputs[0]
+            self.captured[(layer, "in")] = nchw(a) if channels_last(module, a) else a
             self._done()
         return hook
 
     def _hook(self, layer: str):
         def hook(module, inputs, output):
-            self.captured[(layer, "out")] = output
+            self.captured[(layer, "out")] = nchw(output) if channels_last(module, output) else output
             self._done()
         return hook
 

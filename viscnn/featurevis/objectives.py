@@ -15,6 +15,10 @@ Its mean over space is, up to border terms, ``kernel.sum() * mean(input channel)
 "more of input channel i" when the kernel sums positive and for a dead channel otherwise. The
 point form ``@center`` is the one that prefers a spatial pattern (the kernel's own shape).
 
+A Linear over the channels of a channels-last map (ConvNeXt's pointwise layers) is a 1x1 conv layer
+of the graph: its units, neurons and edges (``weight[17, 4]`` times input channel 4) read the same
+NCHW views of its output and input (:mod:`viscnn.featurevis.capture`).
+
 Objectives are evaluated in groups of the same kind and layer with one vectorised op, either
 "each objective on its own image" (a render batch) or "every objective on every image" (validation).
 """
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from viscnn.errors import ViscnnError
+from viscnn.importance.convmath import as_conv
 
 
 @dataclass(frozen=True)
@@ -174,8 +179,11 @@ def check_objectives(objectives: Sequence[Objective], model: nn.Module, shapes: 
                 raise ViscnnError(f"objective {o}: {a.layer} does not produce a 4D [N, C, H, W] map")
             if a.kind.startswith("edge"):
                 m = mods[a.layer]
-                if not isinstance(m, nn.Conv2d):
-                    raise ViscnnError(f"objective {o}: edges need a Conv2d, {a.layer} is a {type(m).__name__}")
+                if isinstance(m, nn.Linear) and len(shapes.get((a.layer, "in"), ())) == 4:
+                    m = as_conv(m)  # a Linear over NHWC channels: a 1x1 conv (its maps are captured as NCHW)
+                elif not isinstance(m, nn.Conv2d):
+                    raise ViscnnError(f"objective {o}: edges need a Conv2d (or a Linear over the channels of a "
+                                      f"channels-last map), {a.layer} is a {type(m).__name__}")
                 per_out, per_in = m.out_channels // m.groups, m.in_channels // m.groups
                 if not 0 <= a.channel < m.out_channels:
                     raise ViscnnError(f"objective {o}: {a.layer} has {m.out_channels} output channels")
@@ -192,12 +200,15 @@ def check_objectives(objectives: Sequence[Objective], model: nn.Module, shapes: 
 
 
 def _conv_out(conv: nn.Conv2d, in_shape) -> Tuple[int, int]:
+    if isinstance(conv, nn.Linear):  # a 1x1 conv over NHWC channels: same map size
+        return tuple(in_shape[2:])
     with torch.no_grad():
         return tuple(conv(torch.zeros(1, *in_shape[1:], device=conv.weight.device)).shape[2:])
 
 
 def _edge_maps(conv: nn.Conv2d, inp: torch.Tensor, outs: torch.Tensor, ins: torch.Tensor) -> torch.Tensor:
     """inp [G, n, H, W] (channel k already the input channel of edge k) -> [G, n, H', W'] edge maps."""
+    conv = as_conv(conv)  # a channels-last Linear as the 1x1 conv it is on the (NCHW) captured input
     per_in = conv.in_channels // conv.groups
     w = conv.weight[outs, ins % per_in].unsqueeze(1)  # [n, 1, kh, kw]
     if conv.padding_mode != "zeros":

@@ -237,7 +237,7 @@ def render_layer(model: nn.Module, layer: str, channels: Optional[Sequence[int]]
         raise ViscnnError(f"no module {layer!r} in the model")
     if channels is None:
         m = mods[layer]
-        n = getattr(m, "out_channels", None) or getattr(m, "num_features", None)
+        n = getattr(m, "out_channels", None) or getattr(m, "num_features", None) or getattr(m, "out_features", None)
         if n is None:
             raise ViscnnError(f"cannot tell how many channels {layer} has; pass channels=")
         channels = range(n)

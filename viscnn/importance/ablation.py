@@ -60,7 +60,7 @@ def _add_ablation_bias(mod, inp, out):
 
 def removed_mean_maps(model: nn.Module, graph: Graph, keep: np.ndarray, means: LayerMeans) -> Dict[str, torch.Tensor]:
     """Per layer, the summed image-mean maps of its removed kernels (``keep`` False): [C, Ho, Wo]
-    for a conv, [K] for the class layer."""
+    for a conv ([Ho, Wo, C] for a channels-last Linear), [K] for the class layer."""
     mods = layer_modules(model, graph)
     out = {}
     for layer in graph.layers:
@@ -72,7 +72,9 @@ def removed_mean_maps(model: nn.Module, graph: Graph, keep: np.ndarray, means: L
         mod = mods[layer.name]
         w = mod.weight.detach()
         a = means[layer.name].to(w.device, w.dtype)
-        if layer.kind == "conv":
+        if layer.kind == "conv" and layer.channels_last:  # a Linear over NHWC channels: a 1x1 conv, NHWC map
+            out[layer.name] = a @ (w * k.view(w.shape).to(w)).T  # [H, W, C_out], added to the NHWC output
+        elif layer.kind == "conv":
             wr = w * k.view(w.shape[0], w.shape[1], 1, 1).to(w)
             if mod.padding_mode != "zeros":
                 a = F.pad(a[None], mod._reversed_padding_repeated_twice, mode=mod.padding_mode)

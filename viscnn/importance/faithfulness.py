@@ -38,8 +38,8 @@ def masked_model(model: nn.Module, graph: Graph, edges: np.ndarray) -> nn.Module
                 continue
             k = torch.from_numpy(keep[layer.edge_offset:layer.edge_offset + layer.num_edges])
             w = mods[layer.name].weight
-            if layer.kind == "conv":
-                mask = k.view(w.shape[0], w.shape[1], 1, 1)
+            if layer.kind == "conv":  # a Conv2d [out, in, kh, kw] or a channels-last Linear (1x1 conv) [out, in]
+                mask = k.view(w.shape[0], w.shape[1], *([1] * (w.dim() - 2)))
             else:
                 mask = k.view(w.shape[0], layer.in_channels, 1).expand(-1, -1, w.shape[1] // layer.in_channels).reshape(w.shape)
             w.mul_(mask.to(w.dtype).to(w.device))

@@ -31,7 +31,7 @@ from torch import nn
 
 from viscnn.errors import ViscnnError
 from viscnn.graph.structure import Graph
-from viscnn.importance.capture import layer_modules, model_logits
+from viscnn.importance.capture import channels_last, layer_modules, model_logits, nchw
 from viscnn.importance.targets import Target, parse_target
 from viscnn.model_copy import working_copy
 
@@ -154,7 +154,7 @@ def replacement_taylor(model: nn.Module, graph: Graph, target: Union[str, Target
             return hook
 
         def grab(name):
-            return lambda mod, inp, out: outputs.__setitem__(name, out)
+            return lambda mod, inp, out: outputs.__setitem__(name, _nchw(mod, out))
 
         hs = [mods[n].register_forward_hook(make(n)) for n in ends]
         hs += [mod.register_forward_hook(grab(n)) for n, mod in gmods.items()]
@@ -184,10 +184,15 @@ def replacement_taylor(model: nn.Module, graph: Graph, target: Union[str, Target
     return (sums / n_img).astype(np.float32)
 
 
+def _nchw(mod: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """A layer output as targets read it: channels first (a channels-last Linear's NHWC map permuted)."""
+    return nchw(out) if channels_last(mod, out) else out
+
+
 def _values(m: nn.Module, gmods: Dict[str, nn.Module], tgt: Target, x: torch.Tensor,
             labels: Optional[torch.Tensor]) -> torch.Tensor:
     outputs: Dict[str, torch.Tensor] = {}
-    hs = [mod.register_forward_hook(lambda mod, i, o, n=n: outputs.__setitem__(n, o)) for n, mod in gmods.items()]
+    hs = [mod.register_forward_hook(lambda mod, i, o, n=n: outputs.__setitem__(n, _nchw(mod, o))) for n, mod in gmods.items()]
     try:
         res = m(x)
     finally:

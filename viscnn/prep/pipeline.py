@@ -104,6 +104,9 @@ def _check_outputs(model, cfg: PrepConfig, classes) -> None:
     pp = cfg["preprocess"]
     x = torch.zeros(1, pp["channels"], *pp["size"])
     was = model.training
+    pointwise = set()  # Linears over the channels of an NHWC map (ConvNeXt): 1x1 conv layers of the graph
+    hooks = [mod.register_forward_hook(lambda _m, _i, o, n=n: pointwise.add(n) if o.dim() == 4 else None)
+             for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)]
     try:
         model.eval()
         with torch.no_grad():
@@ -113,13 +116,15 @@ def _check_outputs(model, cfg: PrepConfig, classes) -> None:
                           f"(preprocess.size / preprocess.channels): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     finally:
         model.train(was)
+        for h in hooks:
+            h.remove()
     y = y[0] if isinstance(y, (tuple, list)) else y
     if "featurevis" in cfg["run"]["stages"] and cfg["featurevis"]["layers"]:
-        convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+        convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) or n in pointwise]
         bad = [n for n in cfg["featurevis"]["layers"] if n not in convs]
         if bad:
-            raise ViscnnError(f"bad config value for featurevis.layers: {bad} are not Conv2d layers of the model; "
-                              f"its Conv2d layers: {', '.join(convs)}")
+            raise ViscnnError(f"bad config value for featurevis.layers: {bad} are not Conv2d layers of the model "
+                              f"(or Linears over the channels of a channels-last map); its conv layers: {', '.join(convs)}")
     if isinstance(y, torch.Tensor) and y.dim() == 2 and y.shape[1] != len(classes):
         where = f"class folders in {cfg.path(cfg['data']['root'])}" if cfg["data"]["kind"] == "folder" else "classes in the data"
         raise ViscnnError(f"the model has {y.shape[1]} outputs but there are {len(classes)} {where} "
