@@ -1,12 +1,14 @@
 """The on-disk format of a prepped model, and its reader. ``viscnn prep`` writes it; the app reads it.
 
 prepped_models/NAME/
-  manifest.json          {"format": "viscnn.prepped", "version": 1, "name", "model" (spec), "weights"
+  manifest.json          {"format": "viscnn.prepped", "version": 2, "name", "model" (spec), "weights"
                           (file name in this folder or null), "weights_sha256", "input_shape" [C,H,W],
                           "classes" [names], "normalize" {"mean": [...], "std": [...]},
                           "viscnn_version", "settings" {...}, "image_sets" [names: classes..., "all"],
                           "image_counts" [per set], "metrics" [names], "layouts" [names], "stages" {stage: done},
-                          "class_scores" {"metrics" [names], "images" [per class]} or absent/null}
+                          "class_scores" {"metrics" [names], "images" [per class]} or absent/null,
+                          "scores_layout" "dense"|"sparse" (absent: dense), "sparse" {"mass", "min_per_layer",
+                          "max_fraction"} or null}
   weights.pt             state_dict (loaded with weights_only=True)
   graph/                 graph.json + edges.npy (viscnn.graph.Graph.save)
   kernels/LAYER.npy      float32 [out, in/groups, kh, kw] per conv/linear layer
@@ -16,6 +18,12 @@ prepped_models/NAME/
   scores/METRIC/class_edges.npy float32 [n_classes, n_edges]  (own-class scores; only the metrics listed
                           in "class_scores", i.e. the target-dependent ones: activation and weight do not
                           depend on the target, so their own-class scores are nodes.npy/edges.npy's class rows)
+  Sparse layout (big models; prep's run.sparse_scores, "auto" past 2 GiB of dense edge files): no edges.npy /
+  class_edges.npy; instead edges_all.npy float32 [n_edges] (the "all" row, dense) with edges_all.order.npy
+  (its nonzero edges layer by layer, |score| descending), and the class sets' rows and the own-class rows as
+  the CSR groups "edges" and "class_edges" of viscnn.importance.sparse_scores (per row and layer the top
+  edges, the layer's |score| total and whether it is complete). nodes.npy / class_nodes.npy stay dense.
+  Version 1 folders (no "scores_layout") are read as dense.
   layouts/NAME.npy       float32 [n_nodes, 2]: in-layer positions (the layer axis comes from the graph)
   featurevis/LAYER.npy   uint8 [channels, h, w, 3]; featurevis/LAYER.json {"objective": [...],
                           "best_real": [...], "beats_real": [...]}
@@ -54,7 +62,8 @@ from viscnn.errors import ViscnnError
 from viscnn.graph import Graph
 
 FORMAT = "viscnn.prepped"
-VERSION = 1
+VERSION = 2  # 2: optional sparse score layout ("scores_layout": "sparse"); version 1 folders read as dense
+READS = (1, 2)
 TARGET_FREE_METRICS = ("activation", "weight")  # the same for every target (viscnn.importance.metrics)
 
 _OPEN: "weakref.WeakSet[PreppedModel]" = weakref.WeakSet()
@@ -64,7 +73,7 @@ def _fresh_locks() -> None:
     """The app's background callbacks fork the threaded server: a lock another thread held at that
     moment would stay locked forever in the child, so each reader gets a new one there."""
     for pm in list(_OPEN):
-        pm._lock = threading.Lock()
+        pm._lock = threading.RLock()
 
 
 os.register_at_fork(after_in_child=_fresh_locks)
@@ -91,9 +100,10 @@ class PreppedModel:
             raise ViscnnError(f"corrupt manifest {mf}: {e}") from None
         if self.manifest.get("format") != FORMAT:
             raise ViscnnError(f"{mf} is not a viscnn prepped-model manifest")
-        if self.manifest.get("version") != VERSION:
-            raise ViscnnError(f"{mf}: format version {self.manifest.get('version')} unsupported (expected {VERSION})")
-        self._lock = threading.Lock()
+        if self.manifest.get("version") not in READS:
+            raise ViscnnError(f"{mf}: format version {self.manifest.get('version')} unsupported (this viscnn reads "
+                              f"{', '.join(map(str, READS))})")
+        self._lock = threading.RLock()  # re-entrant: a cached value may be built from other cached arrays
         self._opened: Dict[str, object] = {}  # cache key -> memmap / parsed JSON / graph
         _OPEN.add(self)
 
@@ -191,9 +201,62 @@ class PreppedModel:
         return a if image_set is None else a[self.set_index(image_set)]
 
     def edge_scores(self, metric: str, image_set: Optional[str] = None) -> np.ndarray:
+        """[sets, E] (dense layout only), or one set's [E] row (a sparse row densified: 0 where not stored)."""
         self._check_metric(metric)
-        a = self._npy(f"scores/{metric}/edges.npy")
-        return a if image_set is None else a[self.set_index(image_set)]
+        if not self.sparse:
+            a = self._npy(f"scores/{metric}/edges.npy")
+            return a if image_set is None else a[self.set_index(image_set)]
+        if image_set is None:
+            raise ViscnnError(f"{self.name}: edge scores are stored sparse; ask for one image set at a time")
+        if image_set == "all":
+            return self._npy(f"scores/{metric}/edges_all.npy")
+        from viscnn.importance.sparse_scores import dense_row
+
+        return dense_row(self._group(metric, "edges"), self.set_index(image_set), self.graph.num_edges)
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the per-class edge scores are stored sparse (:mod:`viscnn.importance.sparse_scores`)."""
+        return self.manifest.get("scores_layout") == "sparse"
+
+    def _group(self, metric: str, group: str) -> Dict[str, np.ndarray]:
+        from viscnn.importance.sparse_scores import SUFFIXES
+
+        return {k: self._npy(f"scores/{metric}/{group}.sparse.{k}.npy") for k in SUFFIXES}
+
+    def ranked_edges(self, metric: str, which, own_class: bool = False):
+        """The stored per-layer ranking (:class:`~viscnn.importance.ranked.RankedEdges`) of one image set's
+        edge scores (``own_class``: of ``class:K`` over K, ``which`` = K) in the sparse layout; None in the
+        dense layout (the caller sorts the dense row)."""
+        if not self.sparse:
+            return None
+        from viscnn.importance.sparse_scores import ranked_row
+
+        self._check_metric(metric)
+        E = self.graph.num_edges
+        if own_class:
+            k = self._class_index(which)
+            if metric in TARGET_FREE_METRICS and metric not in (self.manifest.get("class_scores") or {}).get("metrics", []):
+                return self.ranked_edges(metric, self.classes[k])
+            return ranked_row(self._group(metric, "class_edges"), k, E)
+        if which == "all":
+            return self._once(f"ranked_all:{metric}", lambda: self._ranked_all(metric))
+        return ranked_row(self._group(metric, "edges"), self.set_index(which), E)
+
+    def _ranked_all(self, metric: str):
+        from viscnn.importance.ranked import RankedEdges
+
+        g = self.graph
+        e = self._npy(f"scores/{metric}/edges_all.npy")
+        order = np.asarray(self._npy(f"scores/{metric}/edges_all.order.npy"), np.int64)
+        offs = np.array([l.edge_offset for l in g.layers] + [g.num_edges], np.int64)
+        lay = np.searchsorted(offs, order, "right") - 1  # nondecreasing: the order goes layer by layer
+        starts = np.searchsorted(lay, np.arange(len(g.layers) + 1), "left")
+        ae = np.abs(np.asarray(e, np.float64))
+        totals = np.array([ae[a:b].sum() if b > a else 0.0 for a, b in
+                           ((l.edge_offset, l.edge_offset + (l.num_edges if l.kind != "input" else 0)) for l in g.layers)])
+        return RankedEdges(order, np.asarray(e, np.float64)[order], starts.astype(np.int64), totals,
+                           np.ones(len(g.layers), bool), g.num_edges, dense=e)
 
     @property
     def class_score_metrics(self) -> List[str]:
@@ -216,7 +279,12 @@ class PreppedModel:
             return None
         k = self._class_index(cls)
         if metric in TARGET_FREE_METRICS and metric not in self.manifest["class_scores"]["metrics"]:
-            return self.node_scores(metric)[k], self.edge_scores(metric)[k]
+            return self.node_scores(metric)[k], self.edge_scores(metric, self.image_sets[k])
+        if self.sparse:
+            from viscnn.importance.sparse_scores import dense_row
+
+            return (self._npy(f"scores/{metric}/class_nodes.npy")[k],
+                    dense_row(self._group(metric, "class_edges"), k, self.graph.num_edges))
         return self._npy(f"scores/{metric}/class_nodes.npy")[k], self._npy(f"scores/{metric}/class_edges.npy")[k]
 
     def _class_index(self, cls) -> int:

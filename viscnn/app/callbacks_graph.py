@@ -104,6 +104,10 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
                       if hidden else "", id="hidden-count"),
             html.Span(f"{s['target']}|{s['set']}|{s['metric']}", id="circuit-of", style={"display": "none"}),
             html.Div(basis, id="basis", className="muted")]
+    if circ.settings.get("exact") is False:
+        info.append(html.Div("Sparse scores: this threshold reaches past the edges prep stored for some layers, so the "
+                             "circuit holds every stored edge there and may lack edges the full scores would keep; "
+                             "tighten the threshold for an exact circuit.", className="warn", id="sparse-warning"))
     if not len(edges):
         info.append(html.Span(" — empty: no path from the input to the target survives this threshold; loosen it.",
                               className="warn"))

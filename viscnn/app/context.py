@@ -225,7 +225,9 @@ class AppContext:
         thr = st.threshold_kwargs(s["mode"], s["value"])
         ck = ("circ", s["model"], q.key, key, s["mode"], float(s["value"]))  # the run key has the image and count
         targets = self._memoize(("tn", s["model"], s["target"]), lambda: queries.target_nodes(pm, s["target"]), 16)
-        circ = self._memoize(ck, lambda: queries.circuit_of(pm.graph, ns, es, thr, targets), 16)
+        # per-layer orderings, made once per score vector: a threshold change then costs O(edges kept)
+        ranked = self._memoize(("rank", s["model"], q.key, key), lambda: queries.ranked_of(pm, q, es), 8)
+        circ = self._memoize(ck, lambda: queries.circuit_of(pm.graph, ns, es, thr, targets, ranked), 16)
         if signs is None:
             return Resolved(pm, q, ns, es, None, circ, False, key, run_info=info)
         return Resolved(pm, q, ns, es, signs[1], circ, False, key, node_signs=signs[0], sign_metric=signs[2])

@@ -86,10 +86,8 @@ def precomputed_scores(pm, q: Query) -> Tuple[np.ndarray, np.ndarray]:
     terms = parse_sets(pm, q.image_set)
     if len(terms) == 1 and terms[0][0] == 1.0:  # the common case: one row, no copy needed
         return pm.node_scores(q.metric, terms[0][1]), pm.edge_scores(q.metric, terms[0][1])
-    nodes = pm.node_scores(q.metric)
-    edges = pm.edge_scores(q.metric)
-    return (combine_terms(terms, lambda n: nodes[pm.set_index(n)]),
-            combine_terms(terms, lambda n: edges[pm.set_index(n)]))
+    return (combine_terms(terms, lambda n: pm.node_scores(q.metric, n)),
+            combine_terms(terms, lambda n: pm.edge_scores(q.metric, n)))
 
 
 def target_nodes(pm, target: str) -> Optional[List[int]]:
@@ -167,11 +165,41 @@ def run_scores(pm, model, q: Query, load_gallery: Callable[[str], np.ndarray], c
 
 
 def circuit_of(graph, node_scores: np.ndarray, edge_scores: np.ndarray, threshold: Dict[str, object],
-               targets: Optional[List[int]] = None):
-    """The circuit for the threshold settings (``viscnn.importance.circuits.extract_circuit``)."""
+               targets: Optional[List[int]] = None, ranked=None):
+    """The circuit for the threshold settings (``viscnn.importance.circuits.extract_circuit``); with
+    ``ranked`` (:func:`ranked_of`, made once per score vector) in O(edges kept), the same circuit."""
+    if ranked is not None:
+        from viscnn.importance.ranked import extract_circuit_ranked
+
+        return extract_circuit_ranked(graph, ranked, node_scores, target_nodes=targets, **threshold)
     from viscnn.importance.circuits import extract_circuit
 
     return extract_circuit(graph, node_scores, edge_scores, target_nodes=targets, **threshold)
+
+
+def ranked_of(pm, q: Optional[Query], edge_scores: np.ndarray):
+    """Per-layer edge orderings of a query's edge scores: read sorted from sparse prepped scores where
+    the query is one stored row, else sorted once here."""
+    from viscnn.importance.ranked import RankedEdges
+
+    if q is not None and hasattr(pm, "ranked_edges"):
+        r = stored_ranking(pm, q)
+        if r is not None:
+            return r
+    return RankedEdges.from_dense(pm.graph, edge_scores)
+
+
+def stored_ranking(pm, q: Query):
+    """The prepped ranking of a precomputed one-row query (sparse scores), or None."""
+    if needs_run(pm, q):
+        return None
+    k = own_class(pm, q)
+    if k is not None:
+        return pm.ranked_edges(q.metric, k, own_class=True)
+    terms = parse_sets(pm, q.image_set)
+    if len(terms) == 1 and terms[0][0] == 1.0:
+        return pm.ranked_edges(q.metric, terms[0][1])
+    return None
 
 
 def signed_scores(pm, metric: str, edge_scores: np.ndarray, q: Query):
@@ -226,6 +254,10 @@ def basis(pm, q: Query, ran: bool, info: Optional[dict] = None) -> str:
         parts.append(f"{c}mean over {n if n is not None else '?'} {where}")
     tgt = q.target.strip() or "loss"
     out = f"Scores: {q.metric} of {tgt}, " + "; ".join(parts) + "."
+    sp = pm.manifest.get("sparse") if getattr(pm, "sparse", False) and not ran else None
+    if sp and any(name not in ("all", IMAGE_SET) for _, name in terms):
+        out += (f" Edge scores of class sets are stored sparse: per layer the top edges holding {sp['mass']:g} of its "
+                f"|score|, at least {sp['min_per_layer']} and at most {sp['max_fraction']:.0%} of its kernels.")
     if ran and info and info.get("fallback"):
         out += f" (The prepped dataset is not available here: {info['fallback']}; the gallery images stand in.)"
     return out

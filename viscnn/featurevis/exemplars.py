@@ -60,14 +60,16 @@ class TopK:
     def _empty(self, c: int):
         return (np.full((c, self.k), -np.inf), np.full((c, self.k), self.EMPTY, np.int64), np.zeros((c, self.k, 2), np.int64))
 
-    def add(self, layer: str, a: torch.Tensor, first_index: int) -> None:
-        """Offer a batch's maps ``a`` [B, C, H, W] of images ``first_index ...``."""
+    def add(self, layer: str, a: torch.Tensor, first_index: int, indices: Optional[np.ndarray] = None) -> None:
+        """Offer a batch's maps ``a`` [B, C, H, W] of images ``first_index ...`` (or of dataset positions
+        ``indices``, for a pass that does not go through the dataset in order)."""
         if a.dim() != 4:
             raise ViscnnError(f"layer {layer} does not output a 4D [N, C, H, W] map")
         b, c, _, w = a.shape
         v, flat = a.detach().flatten(2).max(2)  # [B, C] first maximum
         v, flat = v.T.double().cpu().numpy(), flat.T.cpu().numpy()  # [C, B]
-        idx = np.broadcast_to(np.arange(first_index, first_index + b, dtype=np.int64), v.shape)
+        ids = np.arange(first_index, first_index + b, dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
+        idx = np.broadcast_to(ids, v.shape)
         self._merge_into(layer, (v, idx, np.stack([flat // w, flat % w], -1)))
 
     def _merge_into(self, layer: str, new) -> None:

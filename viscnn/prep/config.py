@@ -28,6 +28,10 @@ Example (prepped_models/fmnist.toml)::
     stages = ["graph", "kernels", "scores", "layouts", "featurevis", "exemplars", "images"]
     metrics = ["taylor", "taylor_signed", "actgrad_abs", "activation", "gradient", "weight"]
     class_scores = true           # also class:K over the images of K (one more backward per batch)
+    sparse_scores = "auto"        # per-class edge scores stored sparse: "on", "off", or "auto" (past 2 GiB dense)
+    sparse_mass = 0.999           # sparse rows keep, per layer, the top edges holding this share of |score|,
+    sparse_min_per_layer = 256    # at least this many edges (all of a smaller layer)
+    sparse_max_fraction = 0.02    # and at most this fraction of the layer's edges
 
     [featurevis]
     steps = 128
@@ -63,7 +67,8 @@ except ModuleNotFoundError:  # Python < 3.11
 STAGES = ["graph", "kernels", "scores", "layouts", "featurevis", "exemplars", "images"]
 METRICS = ["taylor", "taylor_signed", "actgrad_abs", "activation", "gradient", "weight"]
 DATA_KINDS = ["fashion-mnist", "folder", "torchvision"]
-NEW_KEYS = {"data.bad_images": "error", "featurevis.layers": [], "run.class_scores": True}  # see PrepConfig.section
+NEW_KEYS = {"data.bad_images": "error", "featurevis.layers": [], "run.class_scores": True, "run.sparse_scores": "auto",
+            "run.sparse_mass": 0.999, "run.sparse_min_per_layer": 256, "run.sparse_max_fraction": 0.02}  # see PrepConfig.section
 _NOPE = object()
 
 DEFAULTS: Dict[str, Any] = {
@@ -75,7 +80,8 @@ DEFAULTS: Dict[str, Any] = {
              "bad_images": "error"},
     "preprocess": {"size": [28, 28], "channels": 1, "mean": [0.0], "std": [1.0]},
     "run": {"batch_size": 256, "device": "cpu", "seed": 0, "stages": list(STAGES), "metrics": ["taylor", "taylor_signed"],
-            "class_scores": True},
+            "class_scores": True, "sparse_scores": "auto", "sparse_mass": 0.999, "sparse_min_per_layer": 256,
+            "sparse_max_fraction": 0.02},
     "featurevis": {"steps": 128, "edges_per_node": 3, "layers": []},
     "exemplars": {"k": 6},
     "app": {"images_per_class": 2},
@@ -199,6 +205,12 @@ def validate(v: Dict[str, Any]) -> None:
     bad = [m for m in r["metrics"] if m not in METRICS] if isinstance(r["metrics"], list) else [r["metrics"]]
     _need(not bad and bool(r["metrics"]), "run.metrics", f"unknown {bad}; metrics are {METRICS}")
     _need(isinstance(r["class_scores"], bool), "run.class_scores", f"{r['class_scores']!r}; true or false")
+    _need(r["sparse_scores"] in ("auto", "on", "off"), "run.sparse_scores", f"{r['sparse_scores']!r}; 'auto', 'on' or 'off'")
+    _need(isinstance(r["sparse_mass"], (int, float)) and 0 < r["sparse_mass"] <= 1, "run.sparse_mass", f"{r['sparse_mass']!r}; in (0, 1]")
+    _need(_is_int(r["sparse_min_per_layer"]) and r["sparse_min_per_layer"] >= 1, "run.sparse_min_per_layer",
+          f"{r['sparse_min_per_layer']!r}; an integer >= 1")
+    _need(isinstance(r["sparse_max_fraction"], (int, float)) and 0 < r["sparse_max_fraction"] <= 1, "run.sparse_max_fraction",
+          f"{r['sparse_max_fraction']!r}; in (0, 1]")
     _need(_is_int(v["featurevis"]["steps"]) and v["featurevis"]["steps"] > 0, "featurevis.steps", "a positive integer")
     _need(_is_int(v["featurevis"]["edges_per_node"]) and v["featurevis"]["edges_per_node"] >= 0, "featurevis.edges_per_node", "an integer >= 0")
     fl = v["featurevis"]["layers"]

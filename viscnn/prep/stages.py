@@ -22,7 +22,8 @@ from viscnn.prep.state import Manifest
 STAGE_INPUTS = {
     "graph": ("model", "preprocess"),
     "kernels": ("model",),
-    "scores": ("model", "data", "preprocess", "run.metrics", "run.class_scores"),
+    "scores": ("model", "data", "preprocess", "run.metrics", "run.class_scores", "run.sparse_scores", "run.sparse_mass",
+               "run.sparse_min_per_layer", "run.sparse_max_fraction"),
     "layouts": ("model", "data", "preprocess", "run.metrics", "run.seed"),
     "featurevis": ("model", "preprocess", "featurevis", "run.seed", "data"),
     "exemplars": ("model", "data", "preprocess", "exemplars"),
@@ -82,8 +83,14 @@ def outputs_exist(ctx: Context, stage: str) -> bool:
     if stage == "scores":  # a prep from before the own-class scores lacks their files: scores are redone
         from viscnn.prep.own_class import class_score_metrics
 
-        want = [(m, f) for m in ctx.cfg["run"]["metrics"] for f in ("nodes.npy", "edges.npy")]
-        want += [(m, f) for m in class_score_metrics(ctx.cfg) for f in CLASS_FILES]
+        if ctx.manifest.data.get("scores_layout") == "sparse":
+            from viscnn.importance.sparse_scores import group_files
+
+            want = [(m, f) for m in ctx.cfg["run"]["metrics"] for f in SPARSE_FILES + tuple(group_files("edges"))]
+            want += [(m, f) for m in class_score_metrics(ctx.cfg) for f in ("class_nodes.npy", *group_files("class_edges"))]
+        else:
+            want = [(m, f) for m in ctx.cfg["run"]["metrics"] for f in ("nodes.npy", "edges.npy")]
+            want += [(m, f) for m in class_score_metrics(ctx.cfg) for f in CLASS_FILES]
         return all((o / "scores" / m / f).is_file() for m, f in want)
     if stage == "images":
         return (o / "images" / "index.json").is_file()
@@ -106,8 +113,8 @@ def stage_kernels(ctx: Context):
     mods = dict(ctx.model.named_modules())
     for layer in ctx.graph.layers[1:]:
         w = mods[layer.name].weight.detach().float().cpu().numpy()
-        if layer.kind == "linear":  # class rows as per-channel "kernels" over the flattened map
-            w = w.reshape(layer.channels, layer.in_channels, *layer.kernel_size)
+        if w.ndim == 2:  # class rows as per-channel "kernels" over the flattened map; a channels-last Linear as 1x1
+            w = w.reshape(layer.channels, layer.in_channels // layer.groups, *layer.kernel_size)
         atomic_save_npy(ctx.out / "kernels" / f"{layer.name}.npy", w.astype(np.float32))
 
 
@@ -115,7 +122,20 @@ def stage_kernels(ctx: Context):
 CLASS_FILES = ("class_nodes.npy", "class_edges.npy")  # own-class scores: class:K over the images of K
 
 
+SPARSE_FILES = ("nodes.npy", "edges_all.npy", "edges_all.order.npy")  # dense per set / the "all" row and its ranking
+
+
 def stage_scores(ctx: Context):
+    from viscnn.prep.scoring_sparse import use_sparse
+
+    if use_sparse(ctx.cfg, ctx.graph, len(ctx.data.classes)):
+        from viscnn.prep.scores_sparse_stage import stage_scores_sparse
+
+        return stage_scores_sparse(ctx)
+    return stage_scores_dense(ctx)
+
+
+def stage_scores_dense(ctx: Context):
     from viscnn.prep.scoring import OWN, score_dataset
 
     means, counts, top = score_dataset(ctx)  # under torchrun, returns after every rank's sums are reduced
@@ -139,8 +159,12 @@ def stage_scores(ctx: Context):
             if m not in stored:
                 for f in CLASS_FILES:
                     (ctx.out / "scores" / m / f).unlink(missing_ok=True)
+        from viscnn.prep.scores_sparse_stage import remove_files
+
+        remove_files(ctx, sparse=True)  # a previous sparse prep's files
     own_info = {"metrics": stored, "images": [int(c) for c in counts[:len(ctx.data.classes)]]} if stored else None
-    return {"image_counts": [int(c) for c in counts], "score_ranks": ctx.world, "class_scores": own_info}
+    return {"image_counts": [int(c) for c in counts], "score_ranks": ctx.world, "class_scores": own_info,
+            "scores_layout": "dense", "sparse": None}
 
 
 # -- layouts ---------------------------------------------------------------------------
@@ -149,13 +173,15 @@ def stage_layouts(ctx: Context):
 
     metric = "taylor" if "taylor" in ctx.cfg["run"]["metrics"] else ctx.cfg["run"]["metrics"][0]
     nodes = np.load(ctx.out / "scores" / metric / "nodes.npy")
-    edges = np.load(ctx.out / "scores" / metric / "edges.npy")
+    sparse = (ctx.out / "scores" / metric / "edges_all.npy").is_file() and not (ctx.out / "scores" / metric / "edges.npy").is_file()
+    all_edges = np.load(ctx.out / "scores" / metric / ("edges_all.npy" if sparse else "edges.npy"), mmap_mode="r")
+    all_edges = all_edges if sparse else all_edges[-1]
     n_classes = len(ctx.data.classes)
     names = []
     from tqdm import tqdm
 
     for name in tqdm(LAYOUTS, desc="layouts", unit="layout"):
-        pos = compute_layout(name, ctx.graph, np.abs(nodes[:n_classes]), np.abs(edges[-1]))
+        pos = compute_layout(name, ctx.graph, np.abs(nodes[:n_classes]), np.abs(all_edges))
         atomic_save_npy(ctx.out / "layouts" / f"{name}.npy", np.asarray(pos, np.float32))
         names.append(name)
     return {"layouts": names}

@@ -1,0 +1,193 @@
+"""The scoring stage at scale: class by class, each class's edge scores stored as a sparse row.
+
+Dense per-set sums are [sets, edges] in float64 (ResNet-50 over 1,000 classes: 107 GB per metric), so
+for big models the pass goes class by class instead: the images of one class are scored, its mean row is
+reduced to the edges that can enter a circuit (:func:`viscnn.importance.sparse_scores.sparsify`) and
+saved, and only the ``all`` row stays dense (its sum over every image, [edges] float64 per metric).
+Node scores stay dense for every set. The own-class logit target (``class.METRIC``) is scored in the
+same pass, as in :mod:`viscnn.prep.scoring`.
+
+Resumable at class granularity: finished classes' rows are files, and the ``all`` sums, counts and the
+list of finished classes are checkpointed together (atomically) every ``SPARSE_CHECKPOINT_SECONDS``; a
+class finished after the last checkpoint is scored again on resume, so the result is the same as an
+uninterrupted run. Distributed: class c goes to rank c % world; the ``all`` sums are all-reduced and
+rank 0 gathers the row files (one folder on the shared disk).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+from viscnn.io import atomic_save_npy, atomic_write_text
+
+SPARSE_CHECKPOINT_SECONDS = float(os.environ.get("VISCNN_SPARSE_CHECKPOINT_SECONDS", "30"))
+AUTO_DENSE_BYTES = 2 * 2**30  # "auto": sparse once the dense float32 edge files would pass 2 GiB
+
+
+def sparse_params(cfg) -> Dict[str, float]:
+    r = cfg["run"]
+    return {"mass": float(r["sparse_mass"]), "min_per_layer": int(r["sparse_min_per_layer"]),
+            "max_fraction": float(r["sparse_max_fraction"])}
+
+
+def use_sparse(cfg, graph, n_classes: int) -> bool:
+    """Whether the scores are stored sparse: ``run.sparse_scores`` "on"/"off", or "auto" by size."""
+    from viscnn.prep.own_class import class_score_metrics
+
+    mode = cfg["run"]["sparse_scores"]
+    if mode != "auto":
+        return mode == "on"
+    rows = (n_classes + 1) * len(cfg["run"]["metrics"]) + n_classes * len(class_score_metrics(cfg))
+    return 4 * graph.num_edges * rows > AUTO_DENSE_BYTES
+
+
+def rows_dir(ctx) -> Path:
+    return ctx.out / "scores" / "_partial" / "rows"
+
+
+def row_file(ctx, key: str, c: int) -> Path:
+    return rows_dir(ctx) / key / f"{c}.npz"
+
+
+def score_dataset_sparse(ctx):
+    """Returns ({key: node means [S, N] (own keys: the class rows)}, {loss key: ``all`` edge means [E]},
+    counts [S], {key: [row file per class]}, top-k exemplar tables or None)."""
+    from tqdm import tqdm
+
+    from viscnn.importance.prep_api import BatchScorer
+    from viscnn.importance.sparse_scores import load_row, save_row, sparsify
+    from viscnn.prep.own_class import OwnClassTarget, class_score_metrics
+    from viscnn.prep.scoring import OWN, _all_gather_top, _exemplars_to_run
+    from viscnn.prep.stages import stage_hash
+
+    cfg, graph, data = ctx.cfg, ctx.graph, ctx.data
+    metrics, own_metrics = list(cfg["run"]["metrics"]), class_score_metrics(cfg)
+    keys = metrics + [OWN + m for m in own_metrics]
+    C, E, N = len(data.classes), graph.num_edges, graph.num_nodes
+    bs, device = cfg["run"]["batch_size"], torch.device(cfg["run"]["device"])
+    params = sparse_params(cfg)
+    k_ex = cfg["exemplars"]["k"] if _exemplars_to_run(ctx) else 0
+    key = stage_hash(cfg, "scores") + f":{bs}:sparse:{json.dumps(params, sort_keys=True)}" + (f":exemplars{k_ex}" if k_ex else "")
+    part = ctx.out / "scores" / "_partial" / f"rank{ctx.rank}of{ctx.world}"
+    conv_channels = {l.name: l.channels for l in graph.conv_layers()}
+    all_sums, counts, done, top = _load(part, key, metrics, C + 1, E, k_ex, conv_channels)
+    scorer = BatchScorer(ctx.model, graph, metrics, device=device)
+    own = BatchScorer(ctx.model, graph, own_metrics, device=device, target=OwnClassTarget()) if own_metrics else None
+    mine = [c for c in range(C) if c % ctx.world == ctx.rank]
+    todo = [c for c in mine if c not in done]
+    positions = {c: np.flatnonzero(data.labels == c) for c in mine}
+    bar = tqdm(total=sum(len(positions[c]) for c in mine), initial=sum(len(positions[c]) for c in mine if c in done),
+               desc=f"scores, sparse (rank {ctx.rank})" if ctx.world > 1 else "scores, sparse", unit="img",
+               disable=ctx.rank != 0)
+    last_save = time.time()
+    for c in todo:
+        pos = positions[c]
+        nsum = {k: np.zeros(N) for k in keys}
+        esum = {k: np.zeros(E) for k in keys}
+        for a in range(0, len(pos), bs):
+            p = pos[a:a + bs]
+            x, y = data.batch(p)
+            x, y = x.to(device), y.to(device)
+            _add(nsum, esum, scorer(x, y), "")
+            if top is not None:
+                outs = scorer.last_outputs
+                for layer in conv_channels:
+                    top.add(layer, outs[layer], 0, indices=p)
+            if own is not None:
+                _add(nsum, esum, own(x, y), OWN)
+            bar.update(len(p))
+        n = max(len(pos), 1)
+        for k in keys:
+            row = sparsify(graph, esum[k] / n, **params)
+            row["nodes"], row["images"] = nsum[k] / n, np.asarray(len(pos), np.int64)
+            save_row(row_file(ctx, k, c), row)
+            if not k.startswith(OWN):
+                all_sums[k] += esum[k]
+        counts[c] = len(pos)
+        done.append(c)
+        del nsum, esum
+        if time.time() - last_save > SPARSE_CHECKPOINT_SECONDS:
+            _save(part, all_sums, counts, done, key, top)
+            last_save = time.time()
+    bar.close()
+    _save(part, all_sums, counts, done, key, top)
+    if ctx.world > 1:
+        all_sums, counts = _all_reduce(all_sums, counts)
+        top = _all_gather_top(top) if top is not None else None
+    counts[C] = counts[:C].sum()
+    files = {k: [row_file(ctx, k, c) for c in range(C)] for k in keys}
+    nodes = {}
+    for k in keys:
+        table = np.zeros((C + 1, N))
+        for c, f in enumerate(files[k]):
+            with np.load(f, allow_pickle=False) as z:
+                table[c] = z["nodes"]
+        table[C] = (table[:C] * counts[:C, None]).sum(0) / max(counts[C], 1)
+        nodes[k] = table
+    edges_all = {m: all_sums[m] / max(counts[C], 1) for m in metrics}
+    return nodes, edges_all, counts, files, top
+
+
+def _add(nsum, esum, per_image, prefix: str) -> None:
+    for m, (pn, pe) in per_image.items():
+        nsum[prefix + m] += pn.double().sum(0).cpu().numpy()
+        esum[prefix + m] += pe.double().sum(0).cpu().numpy()
+
+
+def _load(part: Path, key: str, metrics: List[str], n_sets: int, E: int, k_ex: int, conv_channels):
+    from viscnn.featurevis.exemplars import TopK
+
+    sums, counts, done = {m: np.zeros(E) for m in metrics}, np.zeros(n_sets, np.int64), []
+    top = TopK(k_ex, conv_channels) if k_ex else None
+    if not (part / "cursor.json").is_file():  # killed between the two renames of _save
+        part = part.parent / (part.name + ".old")
+    meta = part / "cursor.json"
+    if meta.is_file():
+        info = json.loads(meta.read_text())
+        if info.get("key") == key and info.get("metrics") == metrics and info.get("shape") == [n_sets, E]:
+            sums = {m: np.load(part / f"{m}.all_edges.npy") for m in metrics}
+            counts, done = np.load(part / "counts.npy"), list(info["done"])
+            if top is not None:
+                top = TopK.load(part, k_ex, conv_channels, prefix="exemplars.")
+    return sums, counts, done, top
+
+
+def _save(part: Path, sums, counts, done, key: str, top) -> None:
+    """A fresh checkpoint folder, then a switch by rename (as viscnn.prep.scoring._save_partial)."""
+    import shutil
+
+    gen = part.parent / (part.name + ".next")
+    shutil.rmtree(gen, ignore_errors=True)
+    for m, e in sums.items():
+        atomic_save_npy(gen / f"{m}.all_edges.npy", e)
+    atomic_save_npy(gen / "counts.npy", counts)
+    if top is not None:
+        top.save(gen, prefix="exemplars.")
+    atomic_write_text(gen / "cursor.json", json.dumps({"key": key, "done": [int(c) for c in done], "metrics": list(sums),
+                                                       "shape": [len(counts), len(next(iter(sums.values())))]}))
+    old = part.parent / (part.name + ".old")
+    if part.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        part.rename(old)
+    gen.rename(part)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _all_reduce(sums, counts):
+    import torch.distributed as dist
+
+    out = {}
+    for m, e in sums.items():
+        t = torch.from_numpy(e)
+        dist.all_reduce(t)
+        out[m] = t.numpy()
+    tc = torch.from_numpy(counts)
+    dist.all_reduce(tc)
+    return out, tc.numpy()
