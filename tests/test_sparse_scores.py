@@ -204,3 +204,39 @@ def test_circuit_view_on_a_sparse_model(preps, tmp_path):
     assert "stored sparse" in text and "sparse-warning" not in text
     out = circuit_props(actx, dict(s, value=0.999))  # past what prep stored: the page says so
     assert "sparse-warning" in json.dumps(out["edge-info"]["children"], default=str)
+
+
+def test_sparse_kill_and_resume_is_identical(preps, tmp_path):
+    import signal
+    import time
+
+    _, ref = preps
+    cfg = make_config(tmp_path, per_class=4, batch=8, stages=("graph", "kernels", "scores", "layouts", "exemplars", "images"))
+    text = cfg.read_text().replace('metrics = ["taylor", "taylor_signed"]\n', 'metrics = ["taylor", "taylor_signed"]' + SPARSE_RUN.format(mode="on"))
+    p = tmp_path / "sparse.toml"
+    p.write_text(text.replace('name = "tiny"', 'name = "sparse"'))
+    out = tmp_path / "models"
+    proc = subprocess.Popen(prep_cmd(p, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env(VISCNN_SPARSE_CHECKPOINT_SECONDS=0, VISCNN_TEST_BATCH_DELAY=0.4))
+    cursor = out / "sparse" / "scores" / "_partial" / "rank0of1" / "cursor.json"
+    deadline = time.time() + 180
+
+    def done():
+        for c in (cursor, cursor.parent.parent / "rank0of1.old" / "cursor.json"):  # killed between two renames
+            try:
+                return len(json.loads(c.read_text())["done"])
+            except (OSError, ValueError, KeyError):
+                pass
+        return 0
+    while time.time() < deadline and done() < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert "scores" not in json.loads((out / "sparse" / "manifest.json").read_text())["stages"], "killed too late"
+    assert 3 <= done() < 10
+    r = subprocess.run(prep_cmd(p, out), capture_output=True, text=True, env=env())
+    assert r.returncode == 0, r.stderr[-2000:]
+    for f in sorted((ref.root / "scores").rglob("*.npy")) + sorted((ref.root / "exemplars").rglob("*.npy")):
+        assert np.array_equal(np.load(f), np.load(out / "sparse" / f.relative_to(ref.root))), f.name
+    for f in sorted((ref.root / "exemplars").glob("*.json")):
+        assert f.read_text() == (out / "sparse" / "exemplars" / f.name).read_text(), f.name

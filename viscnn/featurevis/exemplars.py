@@ -79,6 +79,11 @@ class TopK:
         v, idx, pos = (np.concatenate([o, n], 1) for o, n in zip(old, new))
         by_index = np.argsort(idx, axis=1, kind="stable")
         v, idx, pos = np.take_along_axis(v, by_index, 1), np.take_along_axis(idx, by_index, 1), np.take_along_axis(pos, by_index[..., None], 1)
+        dup = np.zeros(idx.shape, bool)  # an image offered twice (a resumed pass redoing a batch) counts once
+        dup[:, 1:] = (idx[:, 1:] == idx[:, :-1]) & (idx[:, 1:] != self.EMPTY)
+        if dup.any():
+            v = np.where(dup, -np.inf, v)
+            idx = np.where(dup, self.EMPTY, idx)
         order = np.argsort(-v, axis=1, kind="stable")[:, :self.k]  # value first, ties to the lower index
         self.tables[layer] = (np.take_along_axis(v, order, 1), np.take_along_axis(idx, order, 1),
                               np.take_along_axis(pos, order[..., None], 1))

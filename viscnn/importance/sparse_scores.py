@@ -39,35 +39,61 @@ def layer_bounds(graph: Graph) -> List[Tuple[int, int]]:
 
 def sparsify(graph: Graph, scores: np.ndarray, mass: float = DEFAULTS["mass"], min_per_layer: int = DEFAULTS["min_per_layer"],
              max_fraction: float = DEFAULTS["max_fraction"]) -> Dict[str, np.ndarray]:
-    """One row: {"index", "value", "counts" [L], "totals" [L], "complete" [L]}."""
-    s = np.nan_to_num(np.asarray(scores, np.float64).reshape(-1))
-    a_ = np.abs(s)
+    """One row: {"index", "value", "counts" [L], "totals" [L], "complete" [L]}. Per layer the same edges,
+    in the same order, as the first ones of a stable descending sort of |score| (ties by index)."""
+    import torch
+
+    s32 = np.nan_to_num(np.asarray(scores, np.float32).reshape(-1))  # the values as stored (float32)
+    t_abs = torch.from_numpy(s32).abs()
+    a_ = t_abs.numpy()
     idx, counts, totals, complete = [], [], [], []
     for a, b in layer_bounds(graph):
+        seg_t = t_abs[a:b]
         seg = a_[a:b]
-        tot = seg.sum() if b > a else 0.0
-        nnz = int(np.count_nonzero(seg))
+        tot = float(seg_t.sum(dtype=torch.float64)) if b > a else 0.0
+        nnz = int(torch.count_nonzero(seg_t)) if b > a else 0
         cap = max(min_per_layer, int(np.ceil(max_fraction * (b - a))))
         if nnz <= cap:  # small layer or few nonzero: store it whole
-            o = np.argsort(-seg, kind="stable")[:nnz]
-        else:  # partial selection, then sort the selected
-            top = np.argpartition(-seg, cap - 1)[:cap]
-            o = top[np.lexsort((top, -seg[top]))]
-            cum = np.cumsum(seg[o])
+            nz = np.flatnonzero(seg)
+            o = nz[np.lexsort((nz, -seg[nz]))]
+        else:  # the cap largest (a partial selection), then the mass cut inside them
+            vals, top = _top(seg_t, cap)
+            vals = vals.astype(np.float64)
+            cum = np.cumsum(vals)
             need = int(np.searchsorted(cum, mass * tot - 1e-12 * tot, "left")) + 1
-            o = o[:min(max(need, min_per_layer), cap)]
-            # ties at the cut: argpartition picks arbitrary members of a tie; the stable dense order takes
-            # the lowest indices, so a cut through a tie is completed from the full layer
-            if len(o) and len(o) < nnz and seg[o[-1]] == seg[np.setdiff1d(np.arange(b - a), o)].max():
-                full = np.argsort(-seg, kind="stable")
-                o = full[:len(o)]
+            n = min(max(need, min_per_layer), cap)
+            thr = vals[n - 1]
+            if (n < cap and vals[n] == thr) or n == cap:  # a tie may straddle the cut: take its lowest indices
+                above = top[:n][vals[:n] > thr]
+                o = np.concatenate([above, np.flatnonzero(seg == thr)[:n - len(above)]])
+            else:
+                o = top[:n]
+            o = o[np.lexsort((o, -seg[o]))]
         idx.append(a + o)
         counts.append(len(o))
         totals.append(tot)
         complete.append(len(o) == nnz)
     index = np.concatenate(idx).astype(np.int64) if idx else np.zeros(0, np.int64)
-    return {"index": index, "value": s[index].astype(np.float32), "counts": np.asarray(counts, np.int64),
+    return {"index": index, "value": s32[index], "counts": np.asarray(counts, np.int64),
             "totals": np.asarray(totals, np.float64), "complete": np.asarray(complete, bool)}
+
+
+def _top(seg, k: int):
+    """(values, indices) of the k largest of a 1-D tensor, descending. A big layer is first cut to the
+    entries above a quantile estimated from an even sample (one cheap pass), then ``torch.topk`` runs on
+    those; where the estimate leaves fewer than k it falls back to the whole layer."""
+    import torch
+
+    n = seg.shape[0]
+    if n > 16 * k and n > 65536:
+        sample = seg[:: max(1, n // 16384)]
+        t = torch.quantile(sample.double(), 1.0 - 3.0 * k / n).item()
+        cand = torch.nonzero(seg > t).squeeze(1)
+        if cand.shape[0] >= k:
+            v, j = torch.topk(seg[cand], k, sorted=True)
+            return v.numpy(), cand[j].numpy()
+    v, j = torch.topk(seg, k, sorted=True)
+    return v.numpy(), j.numpy()
 
 
 def save_row(path: Path, row: Dict[str, np.ndarray]) -> None:

@@ -7,10 +7,11 @@ saved, and only the ``all`` row stays dense (its sum over every image, [edges] f
 Node scores stay dense for every set. The own-class logit target (``class.METRIC``) is scored in the
 same pass, as in :mod:`viscnn.prep.scoring`.
 
-Resumable at class granularity: finished classes' rows are files, and the ``all`` sums, counts and the
-list of finished classes are checkpointed together (atomically) every ``SPARSE_CHECKPOINT_SECONDS``; a
-class finished after the last checkpoint is scored again on resume, so the result is the same as an
-uninterrupted run. Distributed: class c goes to rank c % world; the ``all`` sums are all-reduced and
+The images go class by class in fixed batches (a batch may span classes). Resumable at class
+granularity: finished classes' rows are files, and the ``all`` sums, counts, exemplar tables and the list
+of finished classes are checkpointed together (atomically) every ``SPARSE_CHECKPOINT_SECONDS``; on resume
+every batch holding an unfinished class is redone whole (exemplar tables count an image offered twice
+once), so the result is bit-identical to an uninterrupted run. Distributed: class c goes to rank c % world; the ``all`` sums are all-reduced and
 rank 0 gathers the row files (one folder on the shared disk).
 """
 
@@ -28,6 +29,7 @@ import torch
 from viscnn.io import atomic_save_npy, atomic_write_text
 
 SPARSE_CHECKPOINT_SECONDS = float(os.environ.get("VISCNN_SPARSE_CHECKPOINT_SECONDS", "30"))
+_TEST_DELAY = float(os.environ.get("VISCNN_TEST_BATCH_DELAY", "0"))  # lets the kill-and-resume test land mid-run
 AUTO_DENSE_BYTES = 2 * 2**30  # "auto": sparse once the dense float32 edge files would pass 2 GiB
 
 
@@ -62,7 +64,7 @@ def score_dataset_sparse(ctx):
     from tqdm import tqdm
 
     from viscnn.importance.prep_api import BatchScorer
-    from viscnn.importance.sparse_scores import load_row, save_row, sparsify
+    from viscnn.importance.sparse_scores import save_row, sparsify
     from viscnn.prep.own_class import OwnClassTarget, class_score_metrics
     from viscnn.prep.scoring import OWN, _all_gather_top, _exemplars_to_run
     from viscnn.prep.stages import stage_hash
@@ -81,39 +83,57 @@ def score_dataset_sparse(ctx):
     scorer = BatchScorer(ctx.model, graph, metrics, device=device)
     own = BatchScorer(ctx.model, graph, own_metrics, device=device, target=OwnClassTarget()) if own_metrics else None
     mine = [c for c in range(C) if c % ctx.world == ctx.rank]
-    todo = [c for c in mine if c not in done]
     positions = {c: np.flatnonzero(data.labels == c) for c in mine}
-    bar = tqdm(total=sum(len(positions[c]) for c in mine), initial=sum(len(positions[c]) for c in mine if c in done),
+    # this rank's images class by class, in fixed batches that may span classes (a resumed run redoes a
+    # batch holding any unfinished class whole, so every batch is the same as in an uninterrupted run)
+    order = np.concatenate([positions[c] for c in mine]) if mine else np.zeros(0, np.int64)
+    cls_of = data.labels[order] if len(order) else np.zeros(0, np.int64)
+    left = {c: len(positions[c]) for c in mine}
+    done_set = set(done)
+    bar = tqdm(total=len(order), initial=sum(len(positions[c]) for c in mine if c in done_set),
                desc=f"scores, sparse (rank {ctx.rank})" if ctx.world > 1 else "scores, sparse", unit="img",
                disable=ctx.rank != 0)
+    active: Dict[int, tuple] = {}
     last_save = time.time()
-    for c in todo:
-        pos = positions[c]
-        nsum = {k: np.zeros(N) for k in keys}
-        esum = {k: np.zeros(E) for k in keys}
-        for a in range(0, len(pos), bs):
-            p = pos[a:a + bs]
-            x, y = data.batch(p)
-            x, y = x.to(device), y.to(device)
-            _add(nsum, esum, scorer(x, y), "")
-            if top is not None:
-                outs = scorer.last_outputs
-                for layer in conv_channels:
-                    top.add(layer, outs[layer], 0, indices=p)
-            if own is not None:
-                _add(nsum, esum, own(x, y), OWN)
-            bar.update(len(p))
-        n = max(len(pos), 1)
-        for k in keys:
-            row = sparsify(graph, esum[k] / n, **params)
-            row["nodes"], row["images"] = nsum[k] / n, np.asarray(len(pos), np.int64)
-            save_row(row_file(ctx, k, c), row)
-            if not k.startswith(OWN):
-                all_sums[k] += esum[k]
-        counts[c] = len(pos)
-        done.append(c)
-        del nsum, esum
-        if time.time() - last_save > SPARSE_CHECKPOINT_SECONDS:
+    for a in range(0, len(order), bs):
+        p, pc = order[a:a + bs], cls_of[a:a + bs]
+        todo = [c for c in dict.fromkeys(pc.tolist()) if c not in done_set]
+        if not todo:
+            continue
+        x, y = data.batch(p)
+        x, y = x.to(device), y.to(device)
+        per = {"": scorer(x, y)}
+        if top is not None:
+            outs = scorer.last_outputs
+            for layer in conv_channels:
+                top.add(layer, outs[layer], 0, indices=p)  # duplicates from a redone batch count once
+        if own is not None:
+            per[OWN] = own(x, y)
+        for c in todo:
+            m = torch.from_numpy(pc == c)
+            nsum, esum = active.setdefault(c, ({k: np.zeros(N) for k in keys}, {k: np.zeros(E) for k in keys}))
+            for prefix, scores in per.items():
+                for metric, (pn, pe) in scores.items():
+                    nsum[prefix + metric] += pn[m].sum(0, dtype=torch.float64).cpu().numpy()
+                    esum[prefix + metric] += pe[m].sum(0, dtype=torch.float64).cpu().numpy()
+            left[c] -= int(m.sum())
+            bar.update(int(m.sum()))
+            if left[c] == 0:  # the class is complete: its sparse rows, then its share of the "all" sums
+                nsum, esum = active.pop(c)
+                n = len(positions[c])
+                for k in keys:
+                    row = sparsify(graph, esum[k] / n, **params)
+                    row["nodes"], row["images"] = nsum[k] / n, np.asarray(n, np.int64)
+                    save_row(row_file(ctx, k, c), row)
+                    if not k.startswith(OWN):
+                        all_sums[k] += esum[k]
+                counts[c] = n
+                done.append(c)
+                done_set.add(c)
+        del per
+        if _TEST_DELAY:
+            time.sleep(_TEST_DELAY)
+        if time.time() - last_save > SPARSE_CHECKPOINT_SECONDS:  # unfinished classes are redone on resume
             _save(part, all_sums, counts, done, key, top)
             last_save = time.time()
     bar.close()
@@ -133,12 +153,6 @@ def score_dataset_sparse(ctx):
         nodes[k] = table
     edges_all = {m: all_sums[m] / max(counts[C], 1) for m in metrics}
     return nodes, edges_all, counts, files, top
-
-
-def _add(nsum, esum, per_image, prefix: str) -> None:
-    for m, (pn, pe) in per_image.items():
-        nsum[prefix + m] += pn.double().sum(0).cpu().numpy()
-        esum[prefix + m] += pe.double().sum(0).cpu().numpy()
 
 
 def _load(part: Path, key: str, metrics: List[str], n_sets: int, E: int, k_ex: int, conv_channels):
