@@ -48,7 +48,7 @@ def _post(client, app, needle, inputs, changed, state=()):
     return dt, len(r.data)
 
 
-def threshold_bench(models_dir, name: str, values, mode: str = "mass") -> dict:
+def threshold_bench(models_dir, name: str, values, mode: str = "mass", target: str = "loss", image_set: str = "all") -> dict:
     from viscnn.app import state as st
     from viscnn.app.callbacks_state import CONTROLS, _to_controls
     from viscnn.app.server import create_app
@@ -56,7 +56,7 @@ def threshold_bench(models_dir, name: str, values, mode: str = "mass") -> dict:
     app = create_app(models_dir, name)
     client = app.server.test_client()
     s0 = app.viscnn.defaults(name)
-    s0.update(mode=mode)
+    s0.update(mode=mode, target=target, set=image_set)
 
     def one(value, warm=False):
         s = dict(s0, value=value)
