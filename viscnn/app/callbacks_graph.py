@@ -51,12 +51,22 @@ def field_errors(actx, s: dict) -> Dict[str, str]:
     return errs
 
 
+def _top_order(v: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k largest, descending, ties by position (a stable sort's first k), in O(n)."""
+    if len(v) > 4 * k:
+        cand = np.argpartition(-v, k - 1)[:k]
+        t = v[cand].min()
+        cand = np.flatnonzero(v >= t)  # every tie at the cut, so the stable order below is exact
+        return cand[np.argsort(-v[cand], kind="stable")][:k]
+    return np.argsort(-v, kind="stable")[:k]
+
+
 def _tables(g, labels, nodes, edges, ns, es):
     nodes = np.asarray(nodes, np.int64)
     edges = np.asarray(edges, np.int64)
-    on = nodes[np.argsort(-np.abs(ns[nodes]), kind="stable")][:TABLE_ROWS]
-    oe = edges[np.argsort(-np.abs(es[edges]), kind="stable")][:TABLE_ROWS]
-    src = g.links[np.searchsorted(g.links[:, 0], oe), 1] if len(oe) else []
+    on = nodes[_top_order(np.abs(ns[nodes]), TABLE_ROWS)]
+    oe = edges[_top_order(np.abs(es[edges].astype(np.float64)), TABLE_ROWS)]
+    src = g.links[g.link_ptr[oe], 1] if len(oe) else []
     trows = [{"id": g.node_id(int(n)), "rank": r + 1, "node": labels[int(n)],
               "layer": g.layers[int(g.node_layer[n])].name, "score": float(f"{float(ns[n]):.4g}")}
              for r, n in enumerate(on)]
@@ -102,6 +112,7 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
             html.B(str(len(drawn)), id="drawn-count", title=f"{s['mode']}={st.fmt_value(s['value'])}"), " edges",
             html.Span(f"; {hidden} less important circuit edges hidden (level of detail keeps the top {max_edges})"
                       if hidden else "", id="hidden-count"),
+            html.Span(_node_lod(g, circ, r.node_scores, drawn, sel_node), id="context-count"),
             html.Span(f"{s['target']}|{s['set']}|{s['metric']}", id="circuit-of", style={"display": "none"}),
             html.Div(basis, id="basis", className="muted")]
     if circ.settings.get("exact") is False:
@@ -122,7 +133,7 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
     count = (f"showing {c2.shown_edges} of {c2.total_edges} circuit edges"
              + (" (each layer's most important by |score|, then the highest left; raise the cap to see more)" if c2.shown_edges < c2.total_edges else ""))
     ns = np.asarray(r.node_scores, np.float64)
-    es = np.asarray(r.edge_scores, np.float64)
+    es = np.asarray(r.edge_scores)  # no float64 copy of all E scores per request
     trows, erows = _tables(g, labels, circ.nodes, edges, ns, es)
     terms = queries.parse_sets(pm, s["set"])
     return {"graph3d": {"figure": fig}, "edge-info": {"children": info},
@@ -133,6 +144,16 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
             "graph-wrap": {"className": ""},
             "tables-caption": {"children": f"score column: {basis[len('Scores: '):]} Rows "
                                            f"ranked by |score|; the {TABLE_ROWS} highest of the circuit."}}
+
+
+def _node_lod(g, circ, node_scores, drawn, sel_node) -> str:
+    """What the 3D graph's level of detail for nodes leaves out, said on the page (big graphs only)."""
+    if g.num_nodes <= graph3d.MAX_NODES:
+        return ""
+    d = graph3d.drawn_nodes(g, circ.nodes, node_scores, graph3d.edge_ends(g, drawn), sel_node)
+    inc = np.isin(d, circ.nodes)
+    return (f"; {g.num_nodes:,} nodes: drawn are {int(inc.sum()):,} of the {len(circ.nodes):,} circuit nodes (the drawn "
+            f"edges' ends, then the highest |score|) and an even sample of {int((~inc).sum()):,} others for context")
 
 
 def circuit_view(actx, s: dict, max_edges: int = graph3d.MAX_EDGES):

@@ -163,6 +163,14 @@ class Graph:
             return np.zeros((0, 2), np.int32)
         return np.concatenate(rows).astype(np.int32)
 
+    @cached_property
+    def link_ptr(self) -> np.ndarray:
+        """int64 [E + 1]: edge e's rows of :attr:`links` are ``link_ptr[e]:link_ptr[e + 1]`` (rows are grouped
+        by edge, ascending), so finding an edge's sources never searches the whole link table."""
+        links = self.links
+        counts = np.bincount(links[:, 0], minlength=self.num_edges) if len(links) else np.zeros(self.num_edges, np.int64)
+        return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
     def edge_index(self, layer: str, out_ch: int, in_ch: int) -> int:
         """Global index of the kernel ``layer.weight[out_ch, in_ch - group start]``."""
         l = self.layer(layer)

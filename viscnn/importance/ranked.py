@@ -14,7 +14,6 @@ it), with connectivity propagated over the kept edges' links only.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -146,27 +145,15 @@ def _exact_above(r: RankedEdges, t: float, inclusive: bool = False) -> bool:
 
 
 # -- connectivity over the kept edges only ------------------------------------------------------
-_PTR: "weakref.WeakKeyDictionary[Graph, np.ndarray]" = weakref.WeakKeyDictionary()
-
-
-def _link_ptr(graph: Graph) -> np.ndarray:
-    """CSR pointer edge -> its rows of ``graph.links`` (rows are grouped by edge, ascending)."""
-    if graph not in _PTR:
-        links = graph.links
-        counts = np.bincount(links[:, 0], minlength=graph.num_edges) if len(links) else np.zeros(graph.num_edges, np.int64)
-        _PTR[graph] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return _PTR[graph]
-
-
 def connectivity_of_kept(graph: Graph, kept: np.ndarray, target_nodes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """``circuits.connectivity`` with every node allowed, computed over the kept edges' links only."""
-    ptr = _link_ptr(graph)
+    ptr = graph.link_ptr
     kept = np.asarray(kept, np.int64)
     lens = ptr[kept + 1] - ptr[kept]
     rows = np.repeat(ptr[kept], lens) + (np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens))
     le = graph.links[rows, 0].astype(np.int64)
     ls = graph.links[rows, 1].astype(np.int64)
-    et = graph.edge_target.astype(np.int64)[le]
+    et = graph.edge_target[le].astype(np.int64)
     lay = graph.edges[le, 0]
     bounds = np.searchsorted(lay, np.arange(len(graph.layers) + 1))
     segs = [(bounds[i], bounds[i + 1]) for i in range(len(graph.layers)) if bounds[i + 1] > bounds[i]]
@@ -180,10 +167,15 @@ def connectivity_of_kept(graph: Graph, kept: np.ndarray, target_nodes: np.ndarra
         bwd[ls[a:b][bwd[et[a:b]]]] = True
     live = fwd & bwd
     ok = live[ls] & live[et]
-    edges = np.unique(le[ok])
+    # an edge stays when any of its links does; its links are the contiguous run of ``lens`` rows
+    has = lens > 0
+    any_ok = np.zeros(len(kept), bool)
+    if len(ok):
+        any_ok[has] = np.add.reduceat(ok, (np.cumsum(lens) - lens)[has]) > 0
+    edges = kept[any_ok]
     touched = np.zeros(graph.num_nodes, bool)
     touched[graph.edge_target[edges]] = True
-    touched[ls[np.isin(le, edges)]] = True
+    touched[ls[np.repeat(any_ok, lens)]] = True
     nodes = np.flatnonzero(live & touched)
     return nodes.astype(np.int64), edges.astype(np.int64)
 

@@ -235,15 +235,14 @@ def circuit_elements(graph, nodes: Sequence[int], edges: Sequence[int], edge_sco
     abl_nodes, abl_edges = {int(n) for n in ablated[0]}, {int(e) for e in ablated[1]}
     edges = np.asarray(edges, np.int64)
     total = len(edges)
-    s = np.asarray(edge_scores, np.float64)
+    s = np.asarray(edge_scores)  # indexed per drawn edge below: no float64 copy of all E scores
     max_edges = max(0, int(max_edges))
     if total > max_edges:
         edges = capped_edges(graph, edges, s, max_edges)
     nodes = np.asarray(nodes, np.int64)
     in_circuit = set(int(n) for n in nodes)
     links = graph.links
-    lo = np.searchsorted(links[:, 0], edges, "left")
-    hi = np.searchsorted(links[:, 0], edges, "right")
+    lo, hi = graph.link_ptr[edges], graph.link_ptr[np.asarray(edges, np.int64) + 1]
     srcs: Dict[int, List[int]] = {}  # edge -> source nodes drawn (primary first)
     for e, a, b in zip(edges, lo, hi):
         allsrc = [int(v) for v in links[a:b, 1]]
@@ -364,8 +363,8 @@ def circuit_elements(graph, nodes: Sequence[int], edges: Sequence[int], edge_sco
             half = max(NODE, label_width(data["label"])) / 2
             boxes.append((x - half, y - NODE / 2, x + half, y + NODE / 2 + LABEL_GAP + LABEL_H))
 
-    lim = symmetric_limit(s[edges]) if len(edges) else 1.0
-    sg = np.sign(np.asarray(signs, np.float64)) if signs is not None else np.sign(s)
+    lim = symmetric_limit(s[edges].astype(np.float64)) if len(edges) else 1.0
+    sg = np.asarray(signs) if signs is not None else s  # only its sign is read, per drawn edge
     kpos: Dict[int, Tuple[float, float]] = {}
     for g, es in into.items():
         gap_left = x0[g] - lanes[g] * LANE_W

@@ -77,8 +77,7 @@ def select_drawn(edges: np.ndarray, scores: np.ndarray, max_edges: int = MAX_EDG
 def _links_of(graph, edges: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """(edge, source node) rows of ``graph.links`` for the given sorted edges."""
     links = graph.links
-    lo = np.searchsorted(links[:, 0], edges, "left")
-    hi = np.searchsorted(links[:, 0], edges, "right")
+    lo, hi = graph.link_ptr[edges], graph.link_ptr[np.asarray(edges, np.int64) + 1]
     counts = hi - lo
     idx = np.repeat(lo, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
     return links[idx, 0].astype(np.int64), links[idx, 1].astype(np.int64)
@@ -105,8 +104,8 @@ def edge_traces(graph, pos: np.ndarray, drawn: np.ndarray, scores: np.ndarray,
         return []
     e, src = _links_of(graph, np.asarray(drawn, np.int64))
     tgt = graph.edge_target[e].astype(np.int64)
-    s = np.asarray(scores, np.float64)[e]
-    sg = np.sign(np.asarray(signs, np.float64)[e]) if signs is not None else np.sign(s)
+    s = np.asarray(scores)[e].astype(np.float64)  # index first: never convert all E scores
+    sg = np.sign(np.asarray(signs)[e].astype(np.float64)) if signs is not None else np.sign(s)
     bucket = edge_buckets(s)
     uniq = np.unique(e)
     rank = {int(v): r + 1 for r, v in enumerate(uniq[np.argsort(-np.abs(np.asarray(scores)[uniq]), kind="stable")])}
@@ -153,11 +152,57 @@ def _r(a: np.ndarray) -> list:
     return out
 
 
+MAX_NODES = 4000  # a graph with more nodes draws a bounded subset (level of detail for nodes)
+MAX_CIRCUIT_NODES = 2500
+MAX_CONTEXT_NODES = 1000
+
+
+def drawn_nodes(graph, circuit_nodes: np.ndarray, node_scores: Optional[np.ndarray] = None, must=(),
+                selected: Optional[int] = None) -> np.ndarray:
+    """Sorted node indices the 3D graph draws: all of them up to :data:`MAX_NODES`. Beyond (ResNet-50:
+    26,583 nodes, 4.2 MB of node trace), ``must`` (the drawn edges' ends) and the selected node, the
+    circuit's highest-|score| nodes up to :data:`MAX_CIRCUIT_NODES`, every input and class node, and per
+    conv layer an evenly spaced sample of the other channels (about :data:`MAX_CONTEXT_NODES` in all, in
+    proportion to the layer's width), so the payload stays bounded while the layers keep their shape."""
+    n = graph.num_nodes
+    if n <= MAX_NODES:
+        return np.arange(n)
+    keep = np.zeros(n, bool)
+    keep[np.asarray(list(must), np.int64)] = True
+    if selected is not None and 0 <= selected < n:
+        keep[selected] = True
+    cn = np.asarray(circuit_nodes, np.int64)
+    room = MAX_CIRCUIT_NODES - int(keep.sum())
+    if len(cn) <= room or node_scores is None:
+        keep[cn[:max(room, 0)] if node_scores is None else cn] = True
+    elif room > 0:
+        keep[cn[np.argsort(-np.abs(np.asarray(node_scores, np.float64)[cn]), kind="stable")[:room]]] = True
+    conv = sum(l.channels for l in graph.layers if l.kind == "conv") or 1
+    for l in graph.layers:
+        sl = slice(l.node_offset, l.node_offset + l.channels)
+        if l.kind != "conv":
+            keep[sl] = True
+            continue
+        k = max(4, int(round(MAX_CONTEXT_NODES * l.channels / conv)))
+        keep[l.node_offset + np.unique(np.linspace(0, l.channels - 1, min(k, l.channels)).round().astype(np.int64))] = True
+    return np.flatnonzero(keep)
+
+
+def edge_ends(graph, edges: np.ndarray) -> np.ndarray:
+    """The target and every source node of the given edges."""
+    edges = np.asarray(edges, np.int64)
+    if not len(edges):
+        return np.zeros(0, np.int64)
+    _, src = _links_of(graph, edges)
+    return np.unique(np.concatenate([graph.edge_target[edges].astype(np.int64), src]))
+
+
 def node_trace(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_scores: np.ndarray,
                labels: Optional[Sequence[str]] = None, selected: Optional[int] = None,
-               node_signs: Optional[np.ndarray] = None) -> dict:
-    """All nodes as one marker trace. Circuit nodes: size = |score| (sqrt scale), colour = the signed
-    score on the diverging map; other nodes small and grey. Hover: id, layer, score, rank."""
+               node_signs: Optional[np.ndarray] = None, drawn_edges: Sequence[int] = ()) -> dict:
+    """The drawn nodes (:func:`drawn_nodes`) as one marker trace. Circuit nodes: size = |score| (sqrt
+    scale), colour = the signed score on the diverging map; other nodes small and grey. Hover: id,
+    layer, score, rank. ``customdata`` is each point's node index."""
     n = graph.num_nodes
     raw = np.asarray(node_scores, np.float64)
     ns = np.abs(raw)
@@ -171,23 +216,24 @@ def node_trace(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_scores
     color = np.where(inc, np.round(np.where(sg < 0, -rel, rel), 3), 0.0)
     if selected is not None and 0 <= selected < n:
         size[selected] = 18
-    text = labels if labels is not None else [graph.node_id(i) for i in range(n)]
     order = cn[np.argsort(-ns[cn], kind="stable")]
     rank = np.zeros(n, np.int64)
     rank[order] = np.arange(1, len(order) + 1)
+    d = drawn_nodes(graph, cn, raw, edge_ends(graph, drawn_edges) if n > MAX_NODES else (), selected)
+    text = labels if labels is not None else [graph.node_id(int(i)) for i in range(n)]
     hover = []
-    for i in range(n):
+    for i in d.tolist():
         lay = graph.layers[int(graph.node_layer[i])]
         where = f"rank {rank[i]} of {len(cn)} circuit nodes" if inc[i] else "not in the circuit"
         hover.append(f"{text[i]}<br>layer {lay.name} ({lay.kind}), channel {int(graph.node_channel[i])}"
                      f"<br>score {raw[i]:.4g} · {where}")
+    c = color[d]
+    rgb = colors.diverging_rgb(np.where(c >= 0, 1, -1) * np.maximum(np.abs(c), 0.25))  # one vectorised call
+    css = [f"rgb({r},{g},{b})" if inc[i] else colors.INACTIVE for i, (r, g, b) in zip(d.tolist(), rgb.tolist())]
     return {
-        "type": "scatter3d", "mode": "markers", "name": "nodes", "x": _r(pos[:, 0]), "y": _r(pos[:, 1]),
-        "z": _r(pos[:, 2]), "customdata": list(range(n)), "text": hover,
-        "marker": {"size": np.round(size, 1).tolist(),
-                   "color": [colors.diverging_css(max(abs(c), 0.25) * (1 if c >= 0 else -1)) if inc[i] else colors.INACTIVE
-                             for i, c in enumerate(color.tolist())],
-                   "line": {"width": 0}, "opacity": 0.95},
+        "type": "scatter3d", "mode": "markers", "name": "nodes", "x": _r(pos[d, 0]), "y": _r(pos[d, 1]),
+        "z": _r(pos[d, 2]), "customdata": d.tolist(), "text": hover,
+        "marker": {"size": np.round(size[d], 1).tolist(), "color": css, "line": {"width": 0}, "opacity": 0.95},
         "hovertemplate": "%{text}<extra></extra>", "showlegend": False,
     }
 
@@ -332,7 +378,7 @@ def graph_figure(graph, pos: np.ndarray, circuit_nodes: Sequence[int], drawn_edg
     """The whole 3D figure as a plain Plotly dict (no validation pass: it is rebuilt on every change).
     ``center_on`` (a node) moves the camera to it and starts a new view revision (search)."""
     data = edge_traces(graph, pos, drawn_edges, edge_scores, signs, labels)
-    data.append(node_trace(graph, pos, circuit_nodes, node_scores, labels, selected, node_signs))
+    data.append(node_trace(graph, pos, circuit_nodes, node_scores, labels, selected, node_signs, drawn_edges))
     if selected is not None and 0 <= selected < graph.num_nodes:  # an orange ring around the selection
         data.append({"type": "scatter3d", "mode": "markers", "name": "selected", "x": [float(pos[selected, 0])],
                      "y": [float(pos[selected, 1])], "z": [float(pos[selected, 2])], "customdata": [int(selected)],
