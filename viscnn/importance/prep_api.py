@@ -21,6 +21,10 @@ class BatchScorer:
     def __call__(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
         return self.scorer(x, y)
 
+    def add_weighted(self, x: torch.Tensor, y: Optional[torch.Tensor], weights: torch.Tensor, into) -> None:
+        """Weighted per-image sums added in place (:meth:`viscnn.importance.scorer.Scorer.add_weighted`)."""
+        self.scorer.add_weighted(x, y, weights, into)
+
     @property
     def last_outputs(self) -> Dict[str, torch.Tensor]:
         """Every graph layer's output on the last batch (detached), by layer name."""

@@ -98,3 +98,22 @@ class Scorer:
                 parts[m][0].append(n)
                 parts[m][1].append(e)
         return {m: (torch.cat(n, 1), torch.cat(e, 1)) for m, (n, e) in parts.items()}
+
+    def add_weighted(self, x: torch.Tensor, labels: Optional[torch.Tensor], weights: torch.Tensor,
+                     into: Sequence[Dict[str, Tuple["np.ndarray", "np.ndarray"]]]) -> None:
+        """``into[k][metric] += sum_b weights[k, b] * per-image scores`` (float64 numpy (nodes [N], edges [E]))
+        layer by layer, so the per-image [B, E] matrix is never assembled: at ResNet-50 scale it is 860 MB
+        per batch of 16, and concatenating it cost more than the scores."""
+        W = weights.to(self.device, torch.float64)
+        for li, sc in self.layer_scores(x, labels):
+            l = self.graph.layers[li]
+            nsl = slice(l.node_offset, l.node_offset + l.channels)
+            esl = slice(l.edge_offset, l.edge_offset + (l.num_edges if l.kind != "input" else 0))
+            for m, (n, e) in sc.items():
+                rn = (W @ n.double()).cpu().numpy()
+                re = (W @ e.double()).cpu().numpy() if e.shape[1] else None
+                for k, acc in enumerate(into):
+                    acc[m][0][nsl] += rn[k]
+                    if re is not None:
+                        acc[m][1][esl] += re[k]
+

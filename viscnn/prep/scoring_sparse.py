@@ -102,20 +102,20 @@ def score_dataset_sparse(ctx):
             continue
         x, y = data.batch(p)
         x, y = x.to(device), y.to(device)
-        per = {"": scorer(x, y)}
+        for c in todo:
+            active.setdefault(c, ({k: np.zeros(N) for k in keys}, {k: np.zeros(E) for k in keys}))
+        weights = torch.from_numpy(np.stack([(pc == c) for c in todo]).astype(np.float64))  # [classes here, B]
+        into = [{m: (active[c][0][m], active[c][1][m]) for m in metrics} for c in todo]
+        scorer.add_weighted(x, y, weights, into)
         if top is not None:
             outs = scorer.last_outputs
             for layer in conv_channels:
                 top.add(layer, outs[layer], 0, indices=p)  # duplicates from a redone batch count once
         if own is not None:
-            per[OWN] = own(x, y)
+            into = [{m: (active[c][0][OWN + m], active[c][1][OWN + m]) for m in own_metrics} for c in todo]
+            own.add_weighted(x, y, weights, into)
         for c in todo:
-            m = torch.from_numpy(pc == c)
-            nsum, esum = active.setdefault(c, ({k: np.zeros(N) for k in keys}, {k: np.zeros(E) for k in keys}))
-            for prefix, scores in per.items():
-                for metric, (pn, pe) in scores.items():
-                    nsum[prefix + metric] += pn[m].sum(0, dtype=torch.float64).cpu().numpy()
-                    esum[prefix + metric] += pe[m].sum(0, dtype=torch.float64).cpu().numpy()
+            m = pc == c
             left[c] -= int(m.sum())
             bar.update(int(m.sum()))
             if left[c] == 0:  # the class is complete: its sparse rows, then its share of the "all" sums
@@ -130,7 +130,6 @@ def score_dataset_sparse(ctx):
                 counts[c] = n
                 done.append(c)
                 done_set.add(c)
-        del per
         if _TEST_DELAY:
             time.sleep(_TEST_DELAY)
         if time.time() - last_save > SPARSE_CHECKPOINT_SECONDS:  # unfinished classes are redone on resume
