@@ -26,7 +26,7 @@ the callbacks of one round in parallel; responses update the store; components t
 ``children`` fire the callbacks whose Inputs they hold (Dash's rule, also for ``prevent_initial_call``
 ones unless their output arrives with them); ``dcc.Interval`` components that a callback enabled tick
 at their interval until disabled (how the page polls a background model run); clientside callbacks
-are not run. Every ``/viscnn-img/...`` picture a response puts in the page (gallery, 2D circuit,
+are not run, except the page-state copies of ``viscnn.app.shell.derived``, which it reproduces. Every ``/viscnn-img/...`` picture a response puts in the page (gallery, 2D circuit,
 panel) is fetched once per user (the browser caches them for an hour). This mirrors the traffic
 Playwright recorded for one browser session (load, threshold changes, a node click, an image switch, a
 ``class:`` target with its progress polling). What the script knows of the app: the ids of the
@@ -73,6 +73,8 @@ from typing import Dict, List, Optional, Set, Tuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+
+from viscnn.app.shell import derived  # noqa: E402  (the clientside state copies, reproduced here)
 
 GOAL_THRESHOLD_P95_S = 1.0
 IMG_PREFIX = "/viscnn-img/"  # viscnn.app.routes.PREFIX + "/"
@@ -349,6 +351,12 @@ class User:
                     self._drop_kids(k)
                     self._register(v, k, new)
                 _urls(v, imgs)
+            if ("state", "data") in changed:  # the app's clientside state copies (viscnn.app.shell.derived)
+                for sid in derived.ids():
+                    d, c = derived.derive((self.comps.get("state") or {"props": {}})["props"].get("data"), sid), self.comps.get(sid)
+                    if c is not None and d is not None and c["props"].get("data") != d:
+                        c["props"]["data"] = d
+                        changed.add((sid, "data"))
         return changed, new, imgs
 
     def app_errors(self, changes) -> List[str]:

@@ -28,7 +28,7 @@ def gallery_children(actx, s: dict) -> list:
 
 def register(app, actx) -> None:
     # the page's first view arrives with the gallery already filled (see callbacks_state.initial_props)
-    @app.callback(Output("gallery", "children"), Input("state", "data"), Input("upload-msg", "children"),
+    @app.callback(Output("gallery", "children"), Input("gallery-state", "data"), Input("upload-msg", "children"),
                   prevent_initial_call=True)
     def gallery(s, _msg):
         if not s:

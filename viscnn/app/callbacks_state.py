@@ -116,6 +116,9 @@ def initial_props(actx, search: str = "") -> Dict[str, dict]:
     props.update(view_props(s.get("view", "circuit")))
     props.update(out)
     props.update({"state": {"data": s}, "gallery": {"children": gallery_children(actx, s)}})
+    from viscnn.app.shell.derived import derive
+
+    props["gallery-state"] = {"data": derive(s, "gallery-state")}  # already drawn: no gallery request on load
     # the input image, prediction and panel are in the first paint of every view (no round trip on load)
     from dash import no_update
 

@@ -13,6 +13,7 @@ def create_app(models_dir=None, model: str = "fmnist", snapshot: Optional[str] =
     import dash
 
     from viscnn.app import callbacks_images, callbacks_state, routes
+    from viscnn.app.shell import derived
     from viscnn.app.context import AppContext
     from viscnn.app.shell.layout import page
     from viscnn.app.views import view_packages
@@ -61,6 +62,7 @@ def create_app(models_dir=None, model: str = "fmnist", snapshot: Optional[str] =
         _redirect_root(app.server, start_search)
     routes.register(app.server, actx)
     callbacks_state.register(app, actx)
+    derived.register(app)  # per-view / per-consumer state copies, made in the browser
     callbacks_images.register(app, actx)
     for pkg in view_packages().values():
         pkg.register(app, actx)

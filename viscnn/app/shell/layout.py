@@ -11,6 +11,7 @@ from typing import List, Optional
 
 from dash import dcc, html
 
+from viscnn.app.shell.derived import stores as derived_stores
 from viscnn.app.views import VIEWS
 
 # Plotly config for every figure: no Plotly logo, and nothing that sends data off the machine.
@@ -115,7 +116,7 @@ def page(models: List[str], views: dict) -> html.Div:
     return html.Div([
         dcc.Location(id="url", refresh=False),
         dcc.Location(id="nav", refresh=True),
-        dcc.Store(id="state"), dcc.Store(id="image"), dcc.Store(id="sel"), dcc.Store(id="ablate"),
+        dcc.Store(id="state"), dcc.Store(id="image"), dcc.Store(id="sel"), dcc.Store(id="ablate"), *derived_stores(),
         header,
         html.Div(HELP, id="help", className="help", style={"display": "none"}),
         html.Div(id="url-msg", className="error"),
