@@ -6,7 +6,11 @@ Layers above ``viscnn.layout.LANDMARK_THRESHOLD`` nodes use landmark MDS; for th
 SMACOF time is printed too when ``--full`` is given (slow: O(n^2) memory and time per iteration).
 Also times one rotation step (best_rotation over MAX_ALIGN_EDGES edges).
 
-Usage: ``python benchmarks/layout.py [--sizes 64 512 2048 4096] [--repeats 3] [--full]``
+``--resnet50 C [C ...]``: instead, all three layouts (``compute_layout``) of a random torchvision
+ResNet-50 graph at 64x64 (26,583 nodes, 13.4M kernels, 40M links, 2,048-node layers) with
+lognormal node scores for C classes and lognormal edge scores, as the prep ``layouts`` stage runs them.
+
+Usage: ``python benchmarks/layout.py [--sizes 64 512 2048 4096] [--repeats 3] [--full] [--resnet50 20 1000]``
 """
 
 from __future__ import annotations
@@ -40,7 +44,10 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 512, 2048, 4096])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--full", action="store_true", help="also time full SMACOF above the landmark threshold")
+    p.add_argument("--resnet50", type=int, nargs="+", metavar="CLASSES", help="time whole ResNet-50 layouts instead")
     a = p.parse_args()
+    if a.resnet50:
+        return resnet50_layouts(a.resnet50)
     L.metric_mds(random_layer(16))  # warm up (first-call overheads outside the timings)
     print(f"landmark threshold {L.LANDMARK_THRESHOLD} nodes, {L.N_LANDMARKS} landmarks; best of {a.repeats}")
     print(f"{'nodes':>6} {'method':>9} {'seconds':>8} {'stress':>7} {'classical stress':>16}")
@@ -59,6 +66,27 @@ def main() -> None:
     t, s, w = rng.normal(size=(e, 2)), rng.normal(size=(e, 2)), rng.random(e)
     dt, _ = timed(lambda: L.best_rotation(t, s, w), a.repeats)
     print(f"rotation search over {e} edges: {dt:.3f} s")
+
+
+def resnet50_layouts(class_counts) -> None:
+    import torchvision
+
+    from viscnn.graph import build_graph
+
+    t = time.perf_counter()
+    g = build_graph(torchvision.models.resnet50(num_classes=20), (64, 64), include_classes=True)
+    print(f"ResNet-50 graph: {g.num_nodes} nodes, {g.num_edges} kernels ({time.perf_counter() - t:.1f} s to build)")
+    rng = np.random.default_rng(0)
+    es = rng.lognormal(size=g.num_edges).astype(np.float32)
+    for c in class_counts:
+        ns = rng.lognormal(size=(c, g.num_nodes)).astype(np.float32)
+        L._edge_cache = None  # as in a fresh prep run: the first layout selects the alignment edges
+        times = {}
+        for name in L.LAYOUTS:
+            t = time.perf_counter()
+            L.compute_layout(name, g, ns, es)
+            times[name] = time.perf_counter() - t
+        print(f"{c:>5} classes: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()) + f"; all {sum(times.values()):.1f} s")
 
 
 if __name__ == "__main__":

@@ -259,3 +259,146 @@ def test_bad_input(graph):
         L.compute_layout("mds", graph, ns, es[:-1])
     with pytest.raises(ViscnnError, match="needs per-class node scores"):
         L.compute_layout("pca", graph, None, es)
+
+
+# -- big layers in bounded time (issue 16 item 2) ----------------------------------------------
+class Wide(nn.Module):
+    """A 2,048-node layer fed by 1M kernels, a residual sum of two such layers (2 sources per input
+    channel of c5: links outnumber edges), and a grouped conv."""
+
+    def __init__(self, n_classes=10):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 64, 3, padding=1)
+        self.c2 = nn.Conv2d(64, 512, 1)
+        self.c3 = nn.Conv2d(512, 2048, 1)
+        self.c4 = nn.Conv2d(512, 2048, 1)
+        self.c5 = nn.Conv2d(2048, 256, 1, groups=4)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(256, n_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.c2(torch.relu(self.c1(x))))
+        x = torch.relu(self.c5(self.c3(x) + self.c4(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@pytest.fixture(scope="module")
+def wide():
+    return build_graph(Wide(), (4, 4), include_classes=True)
+
+
+def _clustered_scores(graph, n_classes, k=6, seed=0):
+    """[n_classes, N] lognormal scores: each node's class profile is one of k cluster profiles times noise."""
+    rng = np.random.default_rng(seed)
+    profiles = rng.lognormal(0.0, 1.5, size=(k, n_classes))
+    lab = rng.integers(0, k, graph.num_nodes)
+    return (profiles[lab] * rng.lognormal(0.0, 0.3, size=(graph.num_nodes, n_classes))).T.astype(np.float32), lab
+
+
+def _plain_smacof(d, init, max_iter=300, eps=1e-6):
+    """The former SMACOF loop, plain expressions (the reference for the in-place one)."""
+    x = np.array(init, np.float64)
+    n = len(d)
+
+    def dist2d(x):
+        diff = x[:, None, :] - x[None, :, :]
+        return np.sqrt((diff * diff).sum(-1))
+
+    dist = dist2d(x)
+    stress = ((dist - d) ** 2).sum() / 2
+    for _ in range(max_iter):
+        ratio = np.divide(d, dist, out=np.zeros_like(d), where=dist > 1e-12)
+        b = -ratio
+        b[np.diag_indices(n)] += ratio.sum(1)
+        x = b @ x / n
+        dist = dist2d(x)
+        new = ((dist - d) ** 2).sum() / 2
+        done = stress - new <= eps * stress
+        stress = new
+        if done:
+            break
+    return x
+
+
+def test_in_place_smacof_is_bit_identical_to_the_plain_loop():
+    v, _ = _clusters(70, k=4, noise=0.3, seed=12)  # 280 points
+    d = L.pairwise_distances(v)
+    init = L.classical_mds(v)
+    assert np.array_equal(L.smacof(d, init), _plain_smacof(d, init))
+    x, y = init, init[::3] + 0.1
+    out, tmp = np.empty((len(x), len(y))), np.empty((len(x), len(y)))
+    assert np.array_equal(L.pairwise_distances(x, y, out=out, tmp=tmp), L.pairwise_distances(x, y))
+
+
+def test_top2_eigenproblem_matches_the_svd(monkeypatch):
+    """Wide vectors (min(n, d) > EIGH_MIN_DIM) take the two top axes from an eigenproblem: same as the SVD."""
+    rng = np.random.default_rng(13)
+    for n, dim in ((300, 250), (250, 300)):  # covariance and Gram branches
+        basis = np.linalg.qr(rng.normal(size=(dim, 3)))[0].T
+        v = rng.normal(size=(n, 3)) * [5.0, 3.0, 1.0] @ basis + 0.05 * rng.normal(size=(n, dim))
+        monkeypatch.setattr(L, "EIGH_MIN_DIM", 10 ** 6)
+        ref = L.classical_mds(v)
+        monkeypatch.setattr(L, "EIGH_MIN_DIM", 200)
+        got = L.classical_mds(v)
+        np.testing.assert_allclose(got, ref, atol=1e-9 * np.abs(ref).max())
+
+
+def test_landmark_sampling_with_a_gram_matrix_picks_the_same_landmarks(monkeypatch):
+    rng = np.random.default_rng(14)
+    v = L.normalized_class_vectors(rng.lognormal(size=(300, 1200)), np.arange(1200))  # 1,200 nodes, 300 classes
+    monkeypatch.setattr(L, "EIGH_MIN_DIM", 10 ** 6)
+    ref = L._maxmin_landmarks(v, 200, np.random.default_rng(1))
+    monkeypatch.setattr(L, "EIGH_MIN_DIM", 200)
+    assert np.array_equal(L._maxmin_landmarks(v, 200, np.random.default_rng(1)), ref)
+
+
+@pytest.mark.parametrize("max_edges", [4000, 300])
+def test_edges_into_layer_equal_the_links_mask(wide, graph, monkeypatch, max_edges):
+    """Derived from layer shapes and input_sources: the same links, order and weights as masking graph.links,
+    with residual sums (several sources per kernel), groups, a few hundred kept links and none kept (all)."""
+    monkeypatch.setattr(L, "MAX_ALIGN_EDGES", max_edges)
+    for g in (wide, graph):
+        es = np.random.default_rng(15).random(g.num_edges).astype(np.float32)
+        es[::7] = 0.0  # ties at zero
+        es[3] = np.nan
+        for li in range(1, len(g.layers)):
+            for scores in (es, None):
+                fast, ref = L._edges_into_layer(g, li, scores), L._edges_into_layer_from_links(g, li, scores)
+                for a, b in zip(fast, ref):
+                    assert a.dtype == b.dtype and np.array_equal(a, b), (g.layers[li].name, max_edges)
+
+
+def test_parallel_layers_equal_serial(wide, monkeypatch):
+    ns, _ = _clustered_scores(wide, 20)
+    es = np.random.default_rng(16).random(wide.num_edges).astype(np.float32)
+    par = {name: L.compute_layout(name, wide, ns, es) for name in ("mds", "pca")}
+    monkeypatch.setattr(L, "MAX_WORKERS", 1)
+    for name, p in par.items():
+        assert np.array_equal(p, L.compute_layout(name, wide, ns, es)), name
+
+
+@pytest.mark.parametrize("n_classes", [20, 1000])
+def test_big_layer_layouts_in_bounded_time(wide, n_classes):
+    """2,048-node layers and 2.2M kernels, 20 or 1,000 classes: all three layouts in bounded time (measured
+    0.8 s and 1.7 s; before 4.1 s and 14.7 s: SMACOF's [n, n, 2] temporaries, a full SVD of [2048, 1000], a
+    pass over all [n, d] vectors per landmark, a mask over all links per layer), finite, and nodes of one
+    class profile closer together than nodes of different ones."""
+    import time
+
+    ns, lab = _clustered_scores(wide, n_classes)
+    es = np.random.default_rng(17).lognormal(size=wide.num_edges).astype(np.float32)
+    t = time.perf_counter()
+    out = {name: L.compute_layout(name, wide, ns, es) for name in L.LAYOUTS}
+    elapsed = time.perf_counter() - t
+    assert elapsed < 8, elapsed  # generous for busy machines; the former code took 14.7 s with 1,000 classes
+    for name, p in out.items():
+        assert p.shape == (wide.num_nodes, 2) and p.dtype == np.float32 and np.isfinite(p).all(), name
+    for name in ("mds", "pca"):
+        for layer in wide.layers:
+            if layer.channels < 256:
+                continue
+            sl = slice(layer.node_offset, layer.node_offset + layer.channels)
+            dp = L.pairwise_distances(out[name][sl].astype(np.float64))
+            same = lab[sl][:, None] == lab[sl][None, :]
+            off = ~np.eye(layer.channels, dtype=bool)
+            assert dp[same & off].mean() < 0.5 * dp[~same].mean(), (name, layer.name)
