@@ -378,19 +378,13 @@ def test_parallel_layers_equal_serial(wide, monkeypatch):
 
 
 @pytest.mark.parametrize("n_classes", [20, 1000])
-def test_big_layer_layouts_in_bounded_time(wide, n_classes):
-    """2,048-node layers and 2.2M kernels, 20 or 1,000 classes: all three layouts in bounded time (measured
-    0.8 s and 1.7 s; before 4.1 s and 14.7 s: SMACOF's [n, n, 2] temporaries, a full SVD of [2048, 1000], a
-    pass over all [n, d] vectors per landmark, a mask over all links per layer), finite, and nodes of one
-    class profile closer together than nodes of different ones."""
-    import time
-
+def test_big_layer_layouts(wide, n_classes):
+    """2,048-node layers and 2.2M kernels, 20 or 1,000 classes: all three layouts finite, and nodes of one
+    class profile closer together than nodes of different ones. (Measured 0.8 s and 1.7 s, before 4.1 s
+    and 14.7 s; speed is benchmarks/layout.py's job, not a timed test's.)"""
     ns, lab = _clustered_scores(wide, n_classes)
     es = np.random.default_rng(17).lognormal(size=wide.num_edges).astype(np.float32)
-    t = time.perf_counter()
     out = {name: L.compute_layout(name, wide, ns, es) for name in L.LAYOUTS}
-    elapsed = time.perf_counter() - t
-    assert elapsed < 8, elapsed  # generous for busy machines; the former code took 14.7 s with 1,000 classes
     for name, p in out.items():
         assert p.shape == (wide.num_nodes, 2) and p.dtype == np.float32 and np.isfinite(p).all(), name
     for name in ("mds", "pca"):
