@@ -116,9 +116,7 @@ def extract_circuit(graph: Graph, node_scores: np.ndarray, edge_scores: np.ndarr
     if node_scores.shape[0] != graph.num_nodes or edge_scores.shape[0] != graph.num_edges:
         raise ViscnnError(f"scores do not fit the graph: {node_scores.shape[0]} nodes / {edge_scores.shape[0]} edges given, "
                           f"graph has {graph.num_nodes} / {graph.num_edges}")
-    given = [k for k, v in (("mass", mass), ("keep", keep), ("min_score", min_score)) if v is not None]
-    if len(given) != 1:
-        raise ViscnnError("give exactly one threshold: mass, keep or min_score" + (f" (got {', '.join(given)})" if given else ""))
+    check_one_threshold(mass, keep, min_score)
     ae = np.nan_to_num(np.abs(edge_scores))
     E = graph.num_edges
     node_ok = np.ones(graph.num_nodes, bool)
@@ -130,37 +128,60 @@ def extract_circuit(graph: Graph, node_scores: np.ndarray, edge_scores: np.ndarr
         # nodes are not thresholded on their own (as for keep/min_score): a node is in the circuit when
         # kept edges connect it. A separate node mass cut emptied circuits whenever node and kernel
         # scores rank a layer's channels differently (replacement node Taylor vs kernel Taylor).
-        settings = {"rule": "mass", "mass": float(mass)}
     elif keep is not None:
-        if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
-            raise ViscnnError(f"keep must be an int (top k edges) or a fraction in (0, 1), got {keep!r}")
-        if isinstance(keep, (float, np.floating)) and not float(keep).is_integer():
-            if not 0 < keep < 1:
-                raise ViscnnError(f"a fractional keep must be in (0, 1), got {keep}")
-            k = int(math.ceil(keep * E))
-        else:
-            k = int(keep)
-            if k < 0:
-                raise ViscnnError(f"keep must be >= 0, got {k}")
-        k = min(k, E)
+        k = keep_count(keep, E)
         edge_ok = np.zeros(E, bool)
         if k > 0:
             top = np.argpartition(-ae, k - 1)[:k] if k < E else np.arange(E)
             edge_ok[top] = True
         edge_ok &= ae > 0
-        settings = {"rule": "keep", "keep": float(keep) if isinstance(keep, (float, np.floating)) else int(keep)}
     else:
         edge_ok = (ae >= float(min_score)) & (ae > 0)
-        settings = {"rule": "min_score", "min_score": float(min_score)}
+    settings = threshold_settings(mass, keep, min_score)
+    target_nodes = resolve_targets(graph, target_nodes)
+    nodes, edges = connectivity(graph, edge_ok, node_ok, target_nodes)
+    settings["target_nodes"] = [graph.node_id(int(i)) for i in target_nodes]
+    return Circuit(nodes, edges, node_scores[nodes], edge_scores[edges], settings)
+
+
+def check_one_threshold(mass, keep, min_score) -> None:
+    given = [k for k, v in (("mass", mass), ("keep", keep), ("min_score", min_score)) if v is not None]
+    if len(given) != 1:
+        raise ViscnnError("give exactly one threshold: mass, keep or min_score" + (f" (got {', '.join(given)})" if given else ""))
+
+
+def keep_count(keep, E: int) -> int:
+    """How many edges ``keep`` means: an int (top k) or a fraction in (0, 1) of the ``E`` edges."""
+    if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
+        raise ViscnnError(f"keep must be an int (top k edges) or a fraction in (0, 1), got {keep!r}")
+    if isinstance(keep, (float, np.floating)) and not float(keep).is_integer():
+        if not 0 < keep < 1:
+            raise ViscnnError(f"a fractional keep must be in (0, 1), got {keep}")
+        return min(int(math.ceil(keep * E)), E)
+    k = int(keep)
+    if k < 0:
+        raise ViscnnError(f"keep must be >= 0, got {k}")
+    return min(k, E)
+
+
+def threshold_settings(mass, keep, min_score) -> dict:
+    """The circuit JSON's record of the one threshold given."""
+    if mass is not None:
+        return {"rule": "mass", "mass": float(mass)}
+    if keep is not None:
+        return {"rule": "keep", "keep": float(keep) if isinstance(keep, (float, np.floating)) else int(keep)}
+    return {"rule": "min_score", "min_score": float(min_score)}
+
+
+def resolve_targets(graph: Graph, target_nodes: Optional[Sequence[int]]) -> np.ndarray:
+    """The circuit's sink nodes (default: the last layer's), checked."""
     if target_nodes is None:
         last = graph.layers[-1]
         target_nodes = np.arange(last.node_offset, last.node_offset + last.channels)
     target_nodes = np.asarray(target_nodes, np.int64)
     if len(target_nodes) and (target_nodes.min() < 0 or target_nodes.max() >= graph.num_nodes):
         raise ViscnnError("target node index out of range")
-    nodes, edges = connectivity(graph, edge_ok, node_ok, target_nodes)
-    settings["target_nodes"] = [graph.node_id(int(i)) for i in target_nodes]
-    return Circuit(nodes, edges, node_scores[nodes], edge_scores[edges], settings)
+    return target_nodes
 
 
 def connectivity(graph: Graph, edge_ok: np.ndarray, node_ok: np.ndarray, target_nodes: np.ndarray

@@ -13,7 +13,6 @@ it), with connectivity propagated over the kept edges' links only.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from viscnn.errors import ViscnnError
 from viscnn.graph.structure import Graph
+from viscnn.importance.circuits import keep_count
 
 
 @dataclass
@@ -85,7 +85,7 @@ class RankedEdges:
                     exact = False
                 take.append(self.order[a:a + min(n, b - a)])
         elif keep is not None:
-            k = _keep_count(keep, self.num_edges)
+            k = keep_count(keep, self.num_edges)
             if k > 0 and len(av):
                 if k >= len(av):
                     t = 0.0
@@ -117,19 +117,6 @@ class RankedEdges:
         i = np.minimum(i, max(len(self._okeys) - 1, 0))
         hit = (self._okeys[i] == edges) if len(self._okeys) else np.zeros(len(edges), bool)
         return np.where(hit, self.values[self._sorted[i]] if len(self._okeys) else 0.0, 0.0)
-
-
-def _keep_count(keep, E: int) -> int:
-    if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
-        raise ViscnnError(f"keep must be an int (top k edges) or a fraction in (0, 1), got {keep!r}")
-    if isinstance(keep, (float, np.floating)) and not float(keep).is_integer():
-        if not 0 < keep < 1:
-            raise ViscnnError(f"a fractional keep must be in (0, 1), got {keep}")
-        return min(int(math.ceil(keep * E)), E)
-    k = int(keep)
-    if k < 0:
-        raise ViscnnError(f"keep must be >= 0, got {k}")
-    return min(k, E)
 
 
 def _exact_above(r: RankedEdges, t: float, inclusive: bool = False) -> bool:
@@ -185,27 +172,15 @@ def extract_circuit_ranked(graph: Graph, ranked: RankedEdges, node_scores: np.nd
                            target_nodes: Optional[Sequence[int]] = None):
     """``extract_circuit``'s circuit from a :class:`RankedEdges`; ``settings["exact"]`` is False where
     sparse scores could not decide the threshold (the circuit then uses every stored edge it reaches)."""
-    from viscnn.importance.circuits import Circuit
+    from viscnn.importance.circuits import Circuit, check_one_threshold, resolve_targets, threshold_settings
 
-    given = [k for k, v in (("mass", mass), ("keep", keep), ("min_score", min_score)) if v is not None]
-    if len(given) != 1:
-        raise ViscnnError("give exactly one threshold: mass, keep or min_score" + (f" (got {', '.join(given)})" if given else ""))
+    check_one_threshold(mass, keep, min_score)
     node_scores = np.asarray(node_scores, np.float64).reshape(-1)
     if node_scores.shape[0] != graph.num_nodes:
         raise ViscnnError(f"scores do not fit the graph: {node_scores.shape[0]} nodes given, graph has {graph.num_nodes}")
     kept, exact = ranked.select(mass=mass, keep=keep, min_score=min_score)
-    if mass is not None:
-        settings = {"rule": "mass", "mass": float(mass)}
-    elif keep is not None:
-        settings = {"rule": "keep", "keep": float(keep) if isinstance(keep, (float, np.floating)) else int(keep)}
-    else:
-        settings = {"rule": "min_score", "min_score": float(min_score)}
-    if target_nodes is None:
-        last = graph.layers[-1]
-        target_nodes = np.arange(last.node_offset, last.node_offset + last.channels)
-    target_nodes = np.asarray(target_nodes, np.int64)
-    if len(target_nodes) and (target_nodes.min() < 0 or target_nodes.max() >= graph.num_nodes):
-        raise ViscnnError("target node index out of range")
+    settings = threshold_settings(mass, keep, min_score)
+    target_nodes = resolve_targets(graph, target_nodes)
     nodes, edges = connectivity_of_kept(graph, kept, target_nodes)
     settings["target_nodes"] = [graph.node_id(int(i)) for i in target_nodes]
     if not bool(ranked.complete.all()):
