@@ -275,3 +275,30 @@ def test_faithfulness_is_shown(page):
     page.wait_for_function("(document.querySelector('#faith-info')?.innerText ?? '').includes('Pearson')", timeout=90000)
     text = page.inner_text("#faith-info")
     assert "random circuits" in text and "images of 'all'" in text
+
+
+def test_threshold_change_does_not_redraw_the_panel_unless_it_shows_the_circuit(page):
+    """The node panel (a model run and a DeconvNet) is not asked for again on a threshold change: the same
+    panel stays; with 'ablate outside the circuit' on, it follows the circuit (another count of zeroed
+    kernels)."""
+    posts = []
+    page.on("request", lambda r: posts.append(r.post_data or "") if "_dash-update-component" in r.url else None)
+    click_node(page, 20)
+    page.wait_for_function("(document.querySelector('#panel h4')?.innerText ?? '').startsWith('Node ')")
+    page.wait_for_function("location.search.includes('sel=')")
+    head = page.inner_text("#panel h4")
+    page.evaluate("document.querySelector('#panel h4').dataset.mark = 'kept'")  # replaced if the panel is redrawn
+    posts.clear()
+    set_threshold(page, "mass", 0.8)
+    assert posts and not any('"output":"..panel.children' in p for p in posts), [p[:80] for p in posts]
+    assert not any('"output":"..run-request.data' in p for p in posts)
+    assert page.inner_text("#panel h4") == head and page.get_attribute("#panel h4", "data-mark") == "kept"
+    page.click("#ablate-outside")
+    page.wait_for_function("(document.querySelector('#ablate-info')?.innerText ?? '').includes('kernels zeroed')")
+    before = page.inner_text("#ablate-info")
+    posts.clear()
+    set_threshold(page, "mass", 0.3)
+    page.wait_for_function(f"(document.querySelector('#ablate-info')?.innerText ?? '') !== {json.dumps(before)}")
+    assert any('"output":"..panel.children' in p for p in posts)
+    assert "kernels zeroed" in page.inner_text("#ablate-info")
+    page.click("#ablate-clear")

@@ -184,16 +184,19 @@ def register(app, actx) -> None:
     # dependency graph has no cycle.
     # prevent_initial_call: the page arrives with its first view drawn (callbacks_state.initial_props), and
     # the state only changes, firing these, when the URL or a control asks for another view.
-    @app.callback(Output("run-request", "data"), Output("run-poll", "disabled"), Input("state", "data"),
+    # The dispatcher reads the run's copy of the state (what the scores rest on, viscnn.app.shell.derived) and
+    # the figure the graph's copy: a threshold change does not ask about a run, an image switch or the ReLU
+    # switch does not redraw the graph.
+    @app.callback(Output("run-request", "data"), Output("run-poll", "disabled"), Input("run-state", "data"),
                   prevent_initial_call=True)
     def dispatch(s):
         if not s:
             return no_update, no_update
         try:
-            r = actx.resolve(s)
+            pending = actx.scores(s)[5]
         except ViscnnError:
             return no_update, no_update
-        if not r.pending:
+        if not pending:
             return no_update, no_update
         key = actx.run_key(s)
         run = dict(s)
@@ -212,7 +215,7 @@ def register(app, actx) -> None:
         return {"key": job.key, "error": job.error}, True, "", ""
 
     @app.callback([Output(c, p) for c, p in OUTPUTS] + [Output("run-progress", "children", allow_duplicate=True)],
-                  Input("state", "data"), Input("scores-ready", "data"), State("center-on", "data"),
+                  Input("graph-state", "data"), Input("scores-ready", "data"), State("center-on", "data"),
                   prevent_initial_call=True)
     def update(s, ready, center):
         if not s:

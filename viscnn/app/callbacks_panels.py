@@ -213,8 +213,8 @@ def panel_props(actx, s: dict) -> tuple:
     if not sel:
         return html.I("Click a node or an edge in the graph."), fig, pred, abl
     try:
-        r = actx.resolve(s)
-        es = r.edge_scores if r.edge_scores is not None else np.zeros(pm.graph.num_edges, np.float32)
+        es = actx.scores(s)[3]  # the scores, not the circuit: the panel does not depend on the threshold
+        es = es if es is not None else np.zeros(pm.graph.num_edges, np.float32)  # a model run still pending
         if sel.startswith("e") and sel[1:].isdigit():
             e = int(sel[1:])
             if e >= pm.graph.num_edges:
@@ -225,6 +225,17 @@ def panel_props(actx, s: dict) -> tuple:
     except ViscnnError as e:
         kids = html.Div(str(e), className="error")
     return kids, fig, pred, abl
+
+
+def panel_waits_for(actx, s: dict, ready) -> bool:
+    """Whether the panel of state ``s`` shows the model run ``ready`` just finished: its scores (a selection's
+    top incoming edges) or its circuit ('ablate outside the circuit')."""
+    if not s or not ready or (not s.get("sel") and A.OUTSIDE not in (s.get("ablate") or [])):
+        return False
+    try:
+        return ready.get("key") == actx.run_key(s)
+    except (KeyError, TypeError, ViscnnError):
+        return False
 
 
 def register(app, actx) -> None:
@@ -252,10 +263,15 @@ def register(app, actx) -> None:
             return f"e{int(trig['edge'])}"
         return no_update
 
-    # prevent_initial_call: the page arrives with the panel drawn (callbacks_state.initial_props)
+    # prevent_initial_call: the page arrives with the panel drawn (callbacks_state.initial_props). Its input is
+    # the panel's copy of the state (viscnn.app.shell.derived): a threshold change does not refire it unless
+    # 'ablate outside the circuit' is on. A finished model run redraws it when it shows that run's scores.
     @app.callback(Output("panel", "children"), Output("input-fig", "figure"), Output("prediction", "children"),
-                  Output("ablate-info", "children"), Input("state", "data"), prevent_initial_call=True)
-    def panel(s):
+                  Output("ablate-info", "children"), Input("panel-state", "data"), Input("scores-ready", "data"),
+                  prevent_initial_call=True)
+    def panel(s, ready):
+        if ctx.triggered_id == "scores-ready" and not panel_waits_for(actx, s, ready):
+            return no_update, no_update, no_update, no_update
         return panel_props(actx, s)
 
     @app.callback(Output("sel", "data", allow_duplicate=True), Output("center-on", "data"),

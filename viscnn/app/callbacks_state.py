@@ -118,7 +118,12 @@ def initial_props(actx, search: str = "") -> Dict[str, dict]:
     props.update({"state": {"data": s}, "gallery": {"children": gallery_children(actx, s)}})
     from viscnn.app.shell.derived import derive
 
-    props["gallery-state"] = {"data": derive(s, "gallery-state")}  # already drawn: no gallery request on load
+    from viscnn.app.shell.derived import ids
+
+    for sid in ids():  # the per-consumer copies as the browser would make them: already drawn, no request on load
+        d = derive(s, sid)
+        if d is not None:
+            props[sid] = {"data": d}
     # the input image, prediction and panel are in the first paint of every view (no round trip on load)
     from dash import no_update
 

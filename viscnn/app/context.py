@@ -52,6 +52,12 @@ def grid_layout(graph) -> np.ndarray:
     return xy
 
 
+def _after_fork(actx) -> None:
+    if actx is not None:
+        actx._lock = threading.Lock()
+        actx._inflight = {}
+
+
 class AppContext:
     def __init__(self, models_dir=None, default_model: str = "fmnist", cache_dir=None):
         import diskcache
@@ -71,9 +77,11 @@ class AppContext:
         self._pms: Dict[str, object] = {}
         self._memo: Dict[str, "OrderedDict[tuple, object]"] = {}  # per kind: see _lru
         self._lock = threading.Lock()
+        self._inflight: Dict[object, threading.Event] = {}  # memo keys being computed (see _memoize)
         ref = weakref.ref(self)
-        # background callbacks fork this threaded server: give the child a lock nobody holds
-        os.register_at_fork(after_in_child=lambda: setattr(ref(), "_lock", threading.Lock()) if ref() else None)
+        # background callbacks fork this threaded server: give the child a lock nobody holds (and no
+        # computations of the parent's threads to wait for)
+        os.register_at_fork(after_in_child=lambda: _after_fork(ref()))
 
     # -- models ------------------------------------------------------------------------
     def models(self) -> List[str]:
@@ -110,17 +118,38 @@ class AppContext:
             return self._lru(key).get(key)
 
     def _memoize(self, key, fn, size: int = 64):
-        with self._lock:
-            lru = self._lru(key)
-            if key in lru:
-                lru.move_to_end(key)
-                return lru[key]
-        v = fn()
-        with self._lock:
-            lru[key] = v
-            while len(lru) > size:
-                lru.popitem(last=False)
-        return v
+        """``fn()`` once per key while it stays in the memo. Concurrent requests for a key being computed
+        wait for that computation (one threshold change fires several callbacks that all need its circuit)
+        instead of computing it again; if it fails, each waiter tries for itself."""
+        while True:
+            with self._lock:
+                lru = self._lru(key)
+                if key in lru:
+                    lru.move_to_end(key)
+                    return lru[key]
+                ev = self._inflight.get(key)
+                if ev is None:
+                    ev = self._inflight[key] = threading.Event()
+                    break
+            ev.wait()
+            with self._lock:
+                lru = self._lru(key)
+                if key in lru:
+                    lru.move_to_end(key)
+                    return lru[key]
+            return fn()  # the computation we waited for failed (or was pushed out at once): our own
+        try:
+            v = fn()
+            with self._lock:
+                lru = self._lru(key)
+                lru[key] = v
+                while len(lru) > size:
+                    lru.popitem(last=False)
+            return v
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+            ev.set()
 
     def positions(self, name: str, layout: str) -> np.ndarray:
         from viscnn.app.figures.graph3d import node_positions

@@ -103,7 +103,7 @@ def register(app, actx) -> None:
     from viscnn.app.shell.layout import progress_line
 
     @app.callback(Output("faith-info", "children"), Output("faith-poll", "disabled"),
-                  Input("faith-run", "n_clicks"), Input("faith-poll", "n_intervals"), Input("state", "data"),
+                  Input("faith-run", "n_clicks"), Input("faith-poll", "n_intervals"), Input("faith-state", "data"),
                   prevent_initial_call=True)
     def faith(_clicks, _tick, s):
         if not s or s.get("view") != "circuit":
