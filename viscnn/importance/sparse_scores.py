@@ -41,59 +41,92 @@ def sparsify(graph: Graph, scores: np.ndarray, mass: float = DEFAULTS["mass"], m
              max_fraction: float = DEFAULTS["max_fraction"]) -> Dict[str, np.ndarray]:
     """One row: {"index", "value", "counts" [L], "totals" [L], "complete" [L]}. Per layer the same edges,
     in the same order, as the first ones of a stable descending sort of |score| (ties by index)."""
-    import torch
-
-    s32 = np.nan_to_num(np.asarray(scores, np.float32).reshape(-1))  # the values as stored (float32)
-    t_abs = torch.from_numpy(s32).abs()
-    a_ = t_abs.numpy()
-    idx, counts, totals, complete = [], [], [], []
+    s32 = np.asarray(scores, np.float32).reshape(-1)  # the values as stored (float32; NaN as 0, in RowParts.add)
+    parts = RowParts()
     for a, b in layer_bounds(graph):
-        seg_t = t_abs[a:b]
-        seg = a_[a:b]
-        tot = float(seg_t.sum(dtype=torch.float64)) if b > a else 0.0
-        nnz = int(torch.count_nonzero(seg_t)) if b > a else 0
-        cap = max(min_per_layer, int(np.ceil(max_fraction * (b - a))))
-        if nnz <= cap:  # small layer or few nonzero: store it whole
-            nz = np.flatnonzero(seg)
-            o = nz[np.lexsort((nz, -seg[nz]))]
-        else:  # the cap largest (a partial selection), then the mass cut inside them
-            vals, top = _top(seg_t, cap)
-            vals = vals.astype(np.float64)
-            cum = np.cumsum(vals)
-            need = int(np.searchsorted(cum, mass * tot - 1e-12 * tot, "left")) + 1
-            n = min(max(need, min_per_layer), cap)
-            thr = vals[n - 1]
-            if (n < cap and vals[n] == thr) or n == cap:  # a tie may straddle the cut: take its lowest indices
-                above = top[:n][vals[:n] > thr]
-                o = np.concatenate([above, np.flatnonzero(seg == thr)[:n - len(above)]])
-            else:
-                o = top[:n]
-            o = o[np.lexsort((o, -seg[o]))]
-        idx.append(a + o)
-        counts.append(len(o))
-        totals.append(tot)
-        complete.append(len(o) == nnz)
-    index = np.concatenate(idx).astype(np.int64) if idx else np.zeros(0, np.int64)
-    return {"index": index, "value": s32[index], "counts": np.asarray(counts, np.int64),
-            "totals": np.asarray(totals, np.float64), "complete": np.asarray(complete, bool)}
+        parts.add(a, s32[a:b], mass, min_per_layer, max_fraction)
+    return parts.row()
 
 
-def _top(seg, k: int):
-    """(values, indices) of the k largest of a 1-D tensor, descending. A big layer is first cut to the
-    entries above a quantile estimated from an even sample (one cheap pass), then ``torch.topk`` runs on
-    those; where the estimate leaves fewer than k it falls back to the whole layer."""
-    import torch
+class RowParts:
+    """A sparse row assembled layer by layer (in graph order): :func:`sparsify` on a whole row, or the
+    scoring pass on each layer's segment as soon as it is computed; both give the same row."""
 
-    n = seg.shape[0]
-    if n > 16 * k and n > 65536:
-        sample = seg[:: max(1, n // 16384)]
-        t = torch.quantile(sample.double(), 1.0 - 3.0 * k / n).item()
-        cand = torch.nonzero(seg > t).squeeze(1)
-        if cand.shape[0] >= k:
-            v, j = torch.topk(seg[cand], k, sorted=True)
-            return v.numpy(), cand[j].numpy()
-    v, j = torch.topk(seg, k, sorted=True)
-    return v.numpy(), j.numpy()
+    def __init__(self):
+        self.index, self.value, self.counts, self.totals, self.complete = [], [], [], [], []
+
+    def add(self, offset: int, seg, mass: float, min_per_layer: int, max_fraction: float) -> None:
+        """One layer's signed float32 scores ``seg`` (a 1-D tensor; NaN as 0), its first edge ``offset``."""
+        import torch
+
+        if isinstance(seg, torch.Tensor):
+            seg = seg.detach().to("cpu", torch.float32).numpy()
+        seg = np.asarray(seg, np.float32)
+        if not np.isfinite(seg.sum()):  # NaN (or inf) somewhere: as sparsify stores them
+            seg = np.nan_to_num(seg)
+        o, tot, full = select_layer(seg, mass, min_per_layer, max_fraction)
+        self.index.append(offset + o)
+        self.value.append(seg[o])
+        self.counts.append(len(o))
+        self.totals.append(tot)
+        self.complete.append(full)
+
+    def row(self) -> Dict[str, np.ndarray]:
+        cat = lambda xs, t: np.concatenate(xs).astype(t) if xs else np.zeros(0, t)
+        return {"index": cat(self.index, np.int64), "value": cat(self.value, np.float32),
+                "counts": np.asarray(self.counts, np.int64), "totals": np.asarray(self.totals, np.float64),
+                "complete": np.asarray(self.complete, bool)}
+
+
+def select_layer(seg, mass: float, min_per_layer: int, max_fraction: float):
+    """The stored edges of one layer: (local indices, |score| total, every nonzero edge stored).
+
+    The fewest highest-|score| edges holding ``mass`` of the layer's |score| total, at least
+    ``min_per_layer``, at most ``max_fraction`` of the layer (all nonzero edges when that many or fewer),
+    in the order of a stable descending sort of |score| (ties by index). A big layer is first cut to the
+    entries above a threshold estimated from an even sample (one pass), and only those are ranked; where
+    the estimate leaves fewer than the cap, all nonzero entries are."""
+    s = np.abs(np.asarray(seg, np.float32))
+    n = s.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int64), 0.0, True
+    tot = float(s.sum(dtype=np.float64))
+    cap = max(min_per_layer, int(np.ceil(max_fraction * n)))
+    cand, nnz = None, None
+    if n > 65536 and 16 * cap < n:
+        sample = s[::max(1, n // 16384)]
+        r = min(sample.shape[0], max(1, int(sample.shape[0] * (1.0 - 1.5 * cap / n))))  # ~1.5x cap expected above
+        thr = np.partition(sample, r - 1)[r - 1]
+        cand = np.flatnonzero(s > thr)  # ascending, every one nonzero
+        if thr <= 0:  # every nonzero entry
+            nnz = cand.shape[0]
+        elif cand.shape[0] < cap:
+            cand = None
+        elif cand.shape[0] == cap:
+            nnz = int(np.count_nonzero(s))
+        else:
+            nnz = cap + 1  # more nonzero entries than the cap
+    if cand is None:
+        cand = np.flatnonzero(s)
+        nnz = cand.shape[0]
+    top = _ranked(s, cand, min(cap, nnz))
+    if nnz <= cap:  # few nonzero: store them all
+        return top, tot, True
+    cum = np.cumsum(s[top].astype(np.float64))
+    need = int(np.searchsorted(cum, mass * tot - 1e-12 * tot, "left")) + 1
+    k = min(max(need, min_per_layer), cap)
+    return top[:k].astype(np.int64), tot, False
+
+
+def _ranked(s: np.ndarray, cand: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` first of ``cand`` (ascending indices into ``s`` >= 0) by descending ``s``, ties by index:
+    one int64 key per entry (the complemented float32 bits of ``s`` above the index, so keys are unique
+    and ascending keys are the stable descending order), a partition to the k smallest, a sort of those."""
+    keys = ((0x7FFFFFFF - s[cand].view(np.int32).astype(np.int64)) << 32) | cand.astype(np.int64)
+    if k < keys.shape[0]:
+        keys = np.partition(keys, k - 1)[:k] if k > 0 else keys[:0]
+    keys.sort()
+    return keys & 0xFFFFFFFF
 
 
 def save_row(path: Path, row: Dict[str, np.ndarray]) -> None:
