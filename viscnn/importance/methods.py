@@ -6,8 +6,9 @@
   learned    optimise a continuous per-kernel mask so that the masked model keeps the target's
              per-image values, then binarise to exactly the size (see :mod:`.learned`)
 
-The default is ``taylor``: on the trained default model (benchmarks/circuits.py) it had the best
-mean Pearson and beat the best random circuit most often; iterative had the lower relative error.
+The default is still ``taylor`` (benchmarks/circuits.py measured it best of taylor/iterative and
+the first learned method); the rebuilt ``learned`` method beat it on the four classes measured so
+far (docs/circuit_methods.md) but has not been run through the full benchmark yet.
 Sizes count **conv kernels** only (``keep``: an int count, or a fraction of the graph's conv
 kernels). Class-layer edges (class, conv channel) are not counted and not pruned: every one into
 the target's class nodes is allowed, and effective connectivity keeps those whose conv channel
@@ -33,7 +34,7 @@ from viscnn.importance.circuits import Circuit, connectivity, extract_circuit
 from viscnn.importance.targets import Target
 
 METHODS = ("taylor", "iterative", "learned")
-DEFAULT_METHOD = "taylor"  # measured best on the default model (docs/circuit_methods.md); none reaches the goal
+DEFAULT_METHOD = "taylor"  # see the module docstring and docs/circuit_methods.md; none reaches the goal yet
 CURVE_SIZES = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 BatchesFn = Callable[[], Iterable]
 
