@@ -221,3 +221,11 @@ def test_sizes_specs_and_cli_errors(tmp_path, capsys):
     assert main(base + ["--min-score", "1e9"]) == 0
     err = capsys.readouterr().err
     assert "circuit is empty" in err and "strictest threshold that keeps a path is --min-score" in err
+
+
+def test_learned_with_mean_ablation_returns_the_size(setup):
+    m, g, x, t = setup
+    means = layer_input_means(m, g, [(x, None)])
+    c = find_circuit(m, g, t, lambda: [(x, None)], "learned", keep=0.4, steps=15, ablation="mean", means=means)
+    assert c.settings["ablation"] == "mean" and c.settings["conv_kernels"] == size_of(g, 0.4)
+    assert np.isfinite(c.settings["train_loss"]) and c.settings["train_loss"] >= 0

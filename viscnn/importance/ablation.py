@@ -58,6 +58,15 @@ def _add_ablation_bias(mod, inp, out):
     return out + mod._viscnn_ablation_bias
 
 
+def conv_mean_map(mod: nn.Conv2d, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``a ⋆ w`` with ``mod``'s stride, padding (any padding mode), dilation and groups: the mean map
+    [C_out, Ho, Wo] of kernels ``w`` (removed, or weighted by a soft mask) given the mean input ``a``."""
+    if mod.padding_mode != "zeros":
+        a = F.pad(a[None], mod._reversed_padding_repeated_twice, mode=mod.padding_mode)
+        return F.conv2d(a, w, None, mod.stride, 0, mod.dilation, mod.groups)[0]
+    return F.conv2d(a[None], w, None, mod.stride, mod.padding, mod.dilation, mod.groups)[0]
+
+
 def removed_mean_maps(model: nn.Module, graph: Graph, keep: np.ndarray, means: LayerMeans) -> Dict[str, torch.Tensor]:
     """Per layer, the summed image-mean maps of its removed kernels (``keep`` False): [C, Ho, Wo]
     for a conv ([Ho, Wo, C] for a channels-last Linear), [K] for the class layer."""
@@ -75,12 +84,7 @@ def removed_mean_maps(model: nn.Module, graph: Graph, keep: np.ndarray, means: L
         if layer.kind == "conv" and layer.channels_last:  # a Linear over NHWC channels: a 1x1 conv, NHWC map
             out[layer.name] = a @ (w * k.view(w.shape).to(w)).T  # [H, W, C_out], added to the NHWC output
         elif layer.kind == "conv":
-            wr = w * k.view(w.shape[0], w.shape[1], 1, 1).to(w)
-            if mod.padding_mode != "zeros":
-                a = F.pad(a[None], mod._reversed_padding_repeated_twice, mode=mod.padding_mode)
-                out[layer.name] = F.conv2d(a, wr, None, mod.stride, 0, mod.dilation, mod.groups)[0]
-            else:
-                out[layer.name] = F.conv2d(a[None], wr, None, mod.stride, mod.padding, mod.dilation, mod.groups)[0]
+            out[layer.name] = conv_mean_map(mod, a, w * k.view(w.shape[0], w.shape[1], 1, 1).to(w))
         else:
             S = w.shape[1] // layer.in_channels
             mask = k.view(w.shape[0], layer.in_channels, 1).expand(-1, -1, S).reshape(w.shape).to(w)

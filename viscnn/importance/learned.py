@@ -23,13 +23,12 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from viscnn.errors import ViscnnError
 from viscnn.graph.structure import Graph
-from viscnn.importance.ablation import LayerMeans
+from viscnn.importance.ablation import LayerMeans, conv_mean_map
 from viscnn.importance.capture import layer_modules, model_logits
 from viscnn.importance.targets import Target
 from viscnn.model_copy import working_copy
@@ -64,7 +63,7 @@ def rank_logits(scores: np.ndarray) -> np.ndarray:
 
 def learn_mask(model: nn.Module, graph: Graph, target: Target, batches_fn, n: int, *, steps: int = 200,
                lr: float = 0.1, final_temperature: float = 0.05, ablation: str = "zero",
-               means: Optional[LayerMeans] = None, device=None, seed: int = 0, init_scores: Optional[np.ndarray] = None,
+               means: Optional[LayerMeans] = None, device=None, init_scores: Optional[np.ndarray] = None,
                progress: Optional[Callable[[str], None]] = None) -> Tuple[np.ndarray, dict]:
     """(bool [E] live conv kernels, settings) of the learned mask with ``n`` conv kernels."""
     from viscnn.importance.methods import conv_edges, edge_scores, fixed_edges, select_connected
@@ -72,14 +71,11 @@ def learn_mask(model: nn.Module, graph: Graph, target: Target, batches_fn, n: in
     if steps < 1 or not 0 < final_temperature <= 1 or lr <= 0:
         raise ViscnnError(f"learned method: need steps >= 1, lr > 0, 0 < final_temperature <= 1 "
                           f"(got {steps}, {lr}, {final_temperature})")
-    torch.manual_seed(seed)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     m = working_copy(model).to(device)
     mods = layer_modules(m, graph)
     pname = {mod: name for name, mod in m.named_modules()}
     convs = [(l, mods[l.name], pname[mods[l.name]] + ".weight") for l in graph.layers if l.kind == "conv"]
-    if ablation == "mean" and any(getattr(mod, "padding_mode", "zeros") != "zeros" for _, mod, _ in convs):
-        raise ViscnnError("the learned method's mean ablation supports zero-padded convs only")
     if ablation == "mean" and any(mod.weight.dim() != 4 for _, mod, _ in convs):
         raise ViscnnError("the learned method's mean ablation supports Conv2d layers only")
     data = [(x.to(device), None if y is None else y.to(device)) for x, y in batches_fn()]
@@ -113,8 +109,7 @@ def learn_mask(model: nn.Module, graph: Graph, target: Target, batches_fn, n: in
                 mk = mask[a:b].view(mod.weight.shape[0], -1, *([1] * (mod.weight.dim() - 2)))
                 params[pn] = W0[l.name] * mk
                 if ablation == "mean":
-                    bias[l.name] = F.conv2d(means[l.name].to(device)[None], W0[l.name] * (1 - mk), None, mod.stride,
-                                            mod.padding, mod.dilation, mod.groups)[0]
+                    bias[l.name] = conv_mean_map(mod, means[l.name].to(device), W0[l.name] * (1 - mk))
             loss = 0.0
             for (x, y), f in zip(data, full):
                 v = target.evaluate(model_logits(functional_call(m, params, (x,))), outputs, y)

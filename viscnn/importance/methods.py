@@ -150,7 +150,7 @@ def _circuit(graph: Graph, live: np.ndarray, fixed: np.ndarray, sinks: np.ndarra
 def find_circuit(model: nn.Module, graph: Graph, target: Target, batches_fn: BatchesFn, method: str = DEFAULT_METHOD,
                  *, keep: Union[int, float, None] = None, mass: Optional[float] = None,
                  min_score: Optional[float] = None, metric: str = "taylor", ablation: str = "zero",
-                 means: Optional[LayerMeans] = None, step: float = 0.2, device=None, seed: int = 0,
+                 means: Optional[LayerMeans] = None, step: float = 0.2, device=None,
                  progress: Optional[Callable[[str], None]] = None, **learned_options) -> Circuit:
     """The circuit for ``target`` by ``method``; ``batches_fn()`` yields the scoring images anew
     each call. ``keep`` counts conv kernels (see the module docstring); ``mass``/``min_score``
@@ -189,7 +189,7 @@ def find_circuit(model: nn.Module, graph: Graph, target: Target, batches_fn: Bat
         from viscnn.importance.learned import learn_mask
 
         live, extra = learn_mask(model, graph, target, batches_fn, n, ablation=ablation, means=means, device=device,
-                                 seed=seed, progress=progress, **learned_options)
+                                 progress=progress, **learned_options)
     m = ablated_model(model, graph, np.flatnonzero(live | fixed), ablation, means)
     from viscnn.importance.accumulate import compute_scores
 
