@@ -61,3 +61,30 @@ window.viscnn.after3d = function (value) {
     })();
   });
 };
+
+// viscnn.loadScript(src): a Promise that the script at src has run (each src is loaded once).
+window.viscnn.loadScript = function (src) {
+  var cache = window.viscnn._scripts = window.viscnn._scripts || {};
+  if (!cache[src]) {
+    cache[src] = new Promise(function (resolve, reject) {
+      var s = document.createElement('script');
+      s.src = src; s.onload = resolve;
+      s.onerror = function () { reject(new Error('could not load ' + src)); };
+      document.head.appendChild(s);
+    });
+  }
+  return cache[src];
+};
+
+// viscnn.deferred(component): the component (or list of components), as Dash's JSON, once the 3D graph has
+// painted and the scripts of its component libraries that the server held back from the page have run
+// (window.viscnnDeferredScripts: namespace -> URL, set by viscnn/app/server.py).
+window.viscnn.deferred = function (component) {
+  var list = Array.isArray(component) ? component : [component];
+  var urls = window.viscnnDeferredScripts || {};
+  return window.viscnn.after3d(null).then(function () {
+    return Promise.all(list.map(function (c) {
+      return urls[c.namespace] && !window[c.namespace] ? window.viscnn.loadScript(urls[c.namespace]) : null;
+    }));
+  }).then(function () { return component; });
+};

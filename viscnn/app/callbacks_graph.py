@@ -235,6 +235,19 @@ def register(app, actx) -> None:
 
     # The 2D circuit and the tables are drawn once the 3D graph has painted: on page load they all compete
     # for the browser's one main thread, and the 3D graph is the main view (viscnn.after3d in assets/viscnn.js).
+    # The 2D circuit's and the tables' components themselves are made then too, once (deferred_props).
+    app.clientside_callback(
+        """function(els, props) {
+            if (document.getElementById('cyto')) { return window.dash_clientside.no_update; }
+            return window.viscnn.deferred(props.cyto);
+        }""",
+        Output("cyto-slot", "children"), Input("cyto-data", "data"), State("deferred-props", "data"))
+    app.clientside_callback(
+        """function(t, props) {
+            if (document.getElementById('top-nodes')) { return window.dash_clientside.no_update; }
+            return window.viscnn.deferred(props.tables);
+        }""",
+        Output("tables", "children"), Input("tables-data", "data"), State("deferred-props", "data"))
     app.clientside_callback(
         "function(els) { return els ? window.viscnn.after3d(els) : window.dash_clientside.no_update; }",
         Output("cyto", "elements"), Input("cyto-data", "data"))

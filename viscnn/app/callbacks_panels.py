@@ -239,29 +239,35 @@ def panel_waits_for(actx, s: dict, ready) -> bool:
 
 
 def register(app, actx) -> None:
+    # One callback per source of a selection: the 2D circuit and the tables are made after the first paint
+    # (views/circuit/layout.deferred_props), and a callback with an input not yet on the page does not run.
     @app.callback(Output("sel", "data", allow_duplicate=True),
-                  Input("graph3d", "clickData"), Input("cyto", "tapNodeData"),
-                  Input({"type": "pick-edge", "edge": __import__("dash").ALL}, "n_clicks"),
-                  Input("top-nodes", "active_cell"), Input("top-edges", "active_cell"),
+                  Input("graph3d", "clickData"), Input({"type": "pick-edge", "edge": __import__("dash").ALL}, "n_clicks"),
                   State("state", "data"), prevent_initial_call=True)
-    def select(click, tap, picks, cell_n, cell_e, s):
+    def select(click, picks, s):
         if not s:
             return no_update
-        g = actx.prepped(s["model"]).graph
         trig = ctx.triggered_id
-        if trig in ("top-nodes", "top-edges"):
-            cell = cell_n if trig == "top-nodes" else cell_e
-            return (cell or {}).get("row_id") or no_update
         if trig == "graph3d":
-            return sel_from_click(g, click) or no_update
-        if trig == "cyto" and tap:
-            if "node" in tap:
-                return g.node_id(int(tap["node"]))
-            if "edge" in tap:
-                return f"e{int(tap['edge'])}"
+            return sel_from_click(actx.prepped(s["model"]).graph, click) or no_update
         if isinstance(trig, dict) and trig.get("type") == "pick-edge" and any(picks):
             return f"e{int(trig['edge'])}"
         return no_update
+
+    @app.callback(Output("sel", "data", allow_duplicate=True), Input("cyto", "tapNodeData"), State("state", "data"),
+                  prevent_initial_call=True)
+    def select_2d(tap, s):
+        if not s or not tap:
+            return no_update
+        if "node" in tap:
+            return actx.prepped(s["model"]).graph.node_id(int(tap["node"]))
+        return f"e{int(tap['edge'])}" if "edge" in tap else no_update
+
+    @app.callback(Output("sel", "data", allow_duplicate=True), Input("top-nodes", "active_cell"),
+                  Input("top-edges", "active_cell"), prevent_initial_call=True)
+    def select_table(cell_n, cell_e):
+        cell = cell_n if ctx.triggered_id == "top-nodes" else cell_e
+        return (cell or {}).get("row_id") or no_update
 
     # prevent_initial_call: the page arrives with the panel drawn (callbacks_state.initial_props). Its input is
     # the panel's copy of the state (viscnn.app.shell.derived): a threshold change does not refire it unless

@@ -42,7 +42,7 @@ def create_app(models_dir=None, model: str = "fmnist", snapshot: Optional[str] =
 
     # dash-cytoscape's normal bundle: the 2D circuit's SVG is drawn on the server (routes.register_exports),
     # so the 1.4 MB extra bundle (cytoscape-svg and layouts we do not use) stays off the first paint
-    app = dash.Dash(__name__, title="viscnn", assets_folder=str(REPO_DIR / "assets"),
+    app = _app_class()(__name__, title="viscnn", assets_folder=str(REPO_DIR / "assets"),
                     suppress_callback_exceptions=True,
                     update_title=None)
     # window.Plotly comes from assets/plotly-viscnn.min.js, a partial bundle of the trace types we draw
@@ -68,6 +68,58 @@ def create_app(models_dir=None, model: str = "fmnist", snapshot: Optional[str] =
         pkg.register(app, actx)
     app.viscnn = actx
     return app
+
+
+def _app_class():
+    """dash.Dash with only the regenerator runtime of @babel/polyfill on the page. Dash still ships the
+    whole 2018 polyfill (core-js 2) for old browsers; every browser Dash 4 supports has what core-js fills
+    in, but Dash's bundles call the global ``regeneratorRuntime``. Evaluating the polyfill and running
+    its Promise wrappers cost ~0.2 s of the first paint in headless Chromium (a CPU profile of one load)."""
+    import json
+    import re
+
+    import dash
+    import dash_cytoscape  # noqa: F401  (registers its bundle, which the page loads after the first paint)
+
+    runtime = _regenerator_runtime()
+
+    class App(dash.Dash):
+        def interpolate_index(self, **kwargs):
+            scripts = kwargs.get("scripts", "")
+            if runtime:
+                scripts = re.sub(r'<script src="[^"]*/polyfill@[^"]*"></script>', lambda m: f"<script>{runtime}</script>",
+                                 scripts, count=1)
+            # dash-cytoscape runs once the 3D graph has painted (viscnn.deferred in assets/viscnn.js)
+            held = {}
+
+            def hold(m):
+                held["dash_cytoscape"] = m.group(1)
+                return ""
+            scripts = re.sub(r'<script src="([^"]*/dash_cytoscape/[^"]*\.js)"></script>', hold, scripts, count=1)
+            if held:
+                scripts = f"<script>window.viscnnDeferredScripts = {json.dumps(held)};</script>" + scripts
+            kwargs["scripts"] = scripts
+            return super().interpolate_index(**kwargs)
+
+    return App
+
+
+def _regenerator_runtime() -> str:
+    """regenerator-runtime (module 305 of Dash's own copy of @babel/polyfill 7.12.1, MIT) as a script that
+    sets the global; '' (keep the whole polyfill) if this Dash ships another polyfill."""
+    from pathlib import Path
+
+    import dash
+
+    files = sorted((Path(dash.__file__).parent / "deps").glob("polyfill@7.12.1.min.js"))
+    if not files:
+        return ""
+    src = files[0].read_text(encoding="utf-8")
+    start, end = src.find("305:[function(t,n,r){"), src.find("},{}],306:[function(")
+    if start < 0 or end < start or "regeneratorRuntime=e" not in src[start:end]:
+        return ""
+    body = src[start + len("305:[function(t,n,r){"):end]
+    return "(function(){var n={exports:{}};(function(t,n,r){" + body + "})(null,n,n.exports);})();"
 
 
 def _page_search() -> str:

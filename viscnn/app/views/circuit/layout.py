@@ -3,7 +3,7 @@ circuit's top nodes and edges as a table, and the click-through panel."""
 
 from __future__ import annotations
 
-from dash import dash_table, dcc, html
+from dash import dcc, html
 
 from viscnn.app.dataset_sets import COUNTS, DEFAULT_COUNT
 from viscnn.app.figures.cytoscape import MAX_EDGES_2D, STYLESHEET
@@ -48,9 +48,27 @@ WAITING = {"data": [], "layout": {
                      "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "font": {"size": 14, "color": "#777"}}]}}
 
 
-def layout(models) -> html.Div:
-    import dash_cytoscape as cyto
+def deferred_props() -> dict:
+    """The 2D circuit's and the tables' components as the page makes them (viscnn.deferred in
+    assets/viscnn.js) once the 3D graph has painted: dash-cytoscape's 0.5 MB bundle and dash_table's
+    0.6 MB of chunks then load and run after the first paint, not before it (~0.3 s of the browser's one
+    main thread in a CPU profile of a cold load)."""
+    cell = {"fontSize": 12, "padding": "2px 6px", "textAlign": "left"}
 
+    def table(id_, cols):
+        return {"namespace": "dash_table", "type": "DataTable", "props": {
+            "id": id_, "page_size": 10, "sort_action": "native", "style_table": {"width": "100%"}, "style_cell": cell,
+            "columns": [{"name": c, "id": c} for c in cols], "data": []}}
+
+    return {"cyto": {"namespace": "dash_cytoscape", "type": "Cytoscape", "props": {
+                "id": "cyto", "elements": [], "layout": {"name": "preset", "fit": True, "padding": 12},
+                "stylesheet": STYLESHEET, "style": {"width": "100%", "height": "440px"}, "className": "cyto-box",
+                "minZoom": 0.3, "maxZoom": 3, "wheelSensitivity": 0.2}},
+            "tables": [table("top-nodes", ("rank", "node", "layer", "score")),
+                       table("top-edges", ("rank", "edge", "from", "to", "score"))]}
+
+
+def layout(models) -> html.Div:
     controls = html.Div([
         control("Target", dcc.Input(id="target", type="text", debounce=True,
                                     placeholder="loss, class:Sneaker, unit:LAYER:CH"), TIPS["target"], "230px",
@@ -98,19 +116,11 @@ def layout(models) -> html.Div:
                   dcc.Input(id="cyto-cap", type="number", min=1, max=400, step=1, value=MAX_EDGES_2D,
                             debounce=True, style={"width": "80px"}),
                   *export_buttons("cyto", "2D circuit")], className="row"),
-        cyto.Cytoscape(id="cyto", elements=[], layout={"name": "preset", "fit": True, "padding": 12},
-                       stylesheet=STYLESHEET, style={"width": "100%", "height": "440px"},
-                       className="cyto-box", minZoom=0.3, maxZoom=3, wheelSensitivity=0.2),
+        # the 2D circuit and the tables are made in the page after the 3D graph has painted (deferred_props)
+        html.Div(id="cyto-slot", className="cyto-slot"),
         html.H4("Top of the circuit"),
         html.Div(id="tables-caption", className="muted"),
-        html.Div(className="row", children=[
-            dash_table.DataTable(id="top-nodes", page_size=10, sort_action="native", style_table={"width": "100%"},
-                                 style_cell={"fontSize": 12, "padding": "2px 6px", "textAlign": "left"},
-                                 columns=[{"name": c, "id": c} for c in ("rank", "node", "layer", "score")]),
-            dash_table.DataTable(id="top-edges", page_size=10, sort_action="native", style_table={"width": "100%"},
-                                 style_cell={"fontSize": 12, "padding": "2px 6px", "textAlign": "left"},
-                                 columns=[{"name": c, "id": c} for c in ("rank", "edge", "from", "to", "score")]),
-        ], id="tables"),
+        html.Div(className="row", id="tables"),
     ], className="left")
 
     panel_col = html.Div([
@@ -130,7 +140,7 @@ def layout(models) -> html.Div:
         html.Div(id="snap-msg", className="error"),
         html.Div([graph_col, panel_col], className="main"),
         dcc.Store(id="run-request"), dcc.Store(id="scores-ready"), dcc.Store(id="cyto-data"), dcc.Store(id="tables-data"),
-        dcc.Store(id="center-on"),
+        dcc.Store(id="center-on"), dcc.Store(id="deferred-props", data=deferred_props()),
         dcc.Interval(id="run-poll", interval=250, disabled=True),  # ticks while a model run is going
         dcc.Download(id="download-json"), dcc.Download(id="download-html"),
         dcc.Download(id="download-nodes-csv"), dcc.Download(id="download-edges-csv"),
