@@ -116,11 +116,11 @@ def initial_props(actx, search: str = "") -> Dict[str, dict]:
     props.update(view_props(s.get("view", "circuit")))
     props.update(out)
     props.update({"state": {"data": s}, "gallery": {"children": gallery_children(actx, s)}})
-    from viscnn.app.shell.derived import derive
-
-    from viscnn.app.shell.derived import ids
+    from viscnn.app.shell.derived import VIEW_STORES, derive, ids
 
     for sid in ids():  # the per-consumer copies as the browser would make them: already drawn, no request on load
+        if sid in VIEW_STORES:  # a view's own copy is made in the browser: that draws the view (and only the shown one)
+            continue
         d = derive(s, sid)
         if d is not None:
             props[sid] = {"data": d}
@@ -146,7 +146,9 @@ def view_props(view: str) -> Dict[str, dict]:
 def register(app, actx) -> None:
     from viscnn.app.views import VIEW_NAMES
 
-    @app.callback([Output(f"view-{v}", "style") for v in VIEW_NAMES], Input("view", "value"))
+    # prevent_initial_call: the page arrives with its view shown (initial_props); a URL that the layout
+    # could not be drawn from reaches it through sync, which sets the view control
+    @app.callback([Output(f"view-{v}", "style") for v in VIEW_NAMES], Input("view", "value"), prevent_initial_call=True)
     def show_view(view):
         props = view_props(view if view in VIEW_NAMES else "circuit")
         return [props[f"view-{v}"]["style"] for v in VIEW_NAMES]

@@ -41,6 +41,9 @@ DERIVED: Dict[str, dict] = {
     "faith-state": {"view": "circuit", "keys": ["view"] + CIRCUIT_KEYS, "when": [_IMAGE_SET]},
 }
 
+# the views' own copies (the whole state while the view is shown): each draws its view (register_view_props)
+VIEW_STORES = [sid for sid, spec in DERIVED.items() if "view" in spec and "keys" not in spec]
+
 _JS = """function(s, prev) {
     const nu = window.dash_clientside.no_update;
     if (!s) { return nu; }

@@ -86,7 +86,8 @@ def register_view_props(app, actx, view: str, outputs, props, msg: str) -> None:
         return out
 
     @app.callback([Output(c, p) for c, p in outputs] + [Output(f"{view}-poll", "disabled"), Output(f"{view}-run", "children")],
-                  Input(f"{view}-state", "data"), Input(f"{view}-poll", "n_intervals"))  # viscnn.app.shell.derived
+                  Input(f"{view}-state", "data"), Input(f"{view}-poll", "n_intervals"),
+                  prevent_initial_call=True)  # drawn when its copy of the state arrives (viscnn.app.shell.derived)
     def update(s, _tick):
         if not s or s.get("view") != view:
             return [no_update] * n + [True, no_update]
