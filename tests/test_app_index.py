@@ -48,3 +48,9 @@ def test_deferred_components_keep_the_ids_the_callbacks_use():
     assert "cyto-box" in p["cyto"]["props"]["className"]  # the exports find the 2D circuit by it
     assert [t["props"]["id"] for t in p["tables"]] == ["top-nodes", "top-edges"]
     assert all(t["props"]["sort_action"] == "native" for t in p["tables"])
+
+
+def test_layout_and_dependencies_are_preloaded(client):
+    html = client.get("/").data.decode()
+    for what in ("_dash-layout", "_dash-dependencies"):
+        assert f'<link rel="preload" href="/{what}" as="fetch" crossorigin="anonymous">' in html

@@ -99,6 +99,12 @@ def _app_class():
             if held:
                 scripts = f"<script>window.viscnnDeferredScripts = {json.dumps(held)};</script>" + scripts
             kwargs["scripts"] = scripts
+            # the layout (drawn on the server from the page's URL) and the callback graph are fetched while the
+            # browser still runs the scripts; dash-renderer's own requests then find them in the preload cache
+            pre = self.config.requests_pathname_prefix
+            kwargs["metas"] = kwargs.get("metas", "") + "".join(
+                f'<link rel="preload" href="{pre}{what}" as="fetch" crossorigin="anonymous">'
+                for what in ("_dash-layout", "_dash-dependencies"))
             return super().interpolate_index(**kwargs)
 
     return App
