@@ -142,7 +142,8 @@ def first_paint(models_dir, name: str, repeats: int = 3) -> dict:
             "observed_s": statistics.median(r[1] for r in runs)}
 
 
-TARGETS = [("class:Sneaker", "Sneaker"), ("class:Trouser", "Trouser"), ("class:Shirt - class:Coat", "Shirt")]
+# model runs (a class's own logit over its own images is precomputed by prep and drawn at once: not timed here)
+TARGETS = [("class:Sneaker", "all"), ("class:Trouser", "Bag"), ("class:Shirt - class:Coat", "Shirt")]
 GOAL_TARGET_S = 3.0  # issue 12: a class target over 256 images of a set, in the app
 
 

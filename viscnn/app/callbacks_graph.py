@@ -23,7 +23,8 @@ from viscnn.errors import ViscnnError
 OUTPUTS = [("graph3d", "figure"), ("edge-info", "children"), ("legend", "children"), ("cyto-data", "data"),
            ("cyto-count", "children"), ("tables-data", "data"), ("msg", "children"),
            ("target-msg", "children"), ("imageset-msg", "children"), ("value-msg", "children"),
-           ("graph-wrap", "className"), ("tables-caption", "children")]
+           ("graph-wrap", "className"), ("tables-caption", "children"), ("nimages-note", "children"),
+           ("nimages", "className")]
 _AT = {c: i for i, (c, _) in enumerate(OUTPUTS)}
 TABLE_ROWS = 100
 
@@ -141,9 +142,22 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
             "cyto-data": {"data": c2.elements}, "cyto-count": {"children": count},
             "tables-data": {"data": {"nodes": trows, "edges": erows}}, "msg": {"children": ""},
             "target-msg": {"children": ""}, "imageset-msg": {"children": ""}, "value-msg": {"children": ""},
-            "graph-wrap": {"className": ""},
+            "graph-wrap": {"className": ""}, **_count_props(pm, r),
             "tables-caption": {"children": f"score column: {basis[len('Scores: '):]} Rows "
                                            f"ranked by |score|; the {TABLE_ROWS} highest of the circuit."}}
+
+
+def _count_props(pm, r) -> Dict[str, dict]:
+    """The "Images per set" control greyed, with a note, while the scores shown are precomputed (they rest on
+    every image of the set, not on that many)."""
+    if r.run_key:
+        return {"nimages-note": {"children": ""}, "nimages": {"className": "radio-compact"}}
+    own = queries.own_class(pm, r.query)
+    if own is not None:
+        note = f"not used: precomputed on all {pm.class_image_count(own):,}"
+    else:
+        note = "not used: precomputed on the whole set"
+    return {"nimages-note": {"children": note}, "nimages": {"className": "radio-compact unused"}}
 
 
 def _node_lod(g, circ, node_scores, drawn, sel_node) -> str:

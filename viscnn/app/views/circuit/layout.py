@@ -76,8 +76,10 @@ def layout(models) -> html.Div:
         control("Image set", dcc.Input(id="imageset", type="text", debounce=True,
                                        placeholder="all, Sneaker - all, image"), TIPS["imageset"], "190px",
                 msg_id="imageset-msg"),
-        control("Images per set", dcc.RadioItems(id="nimages", options=[{"label": c, "value": c} for c in COUNTS],
-                                                 inline=True, className="radio-compact"), TIPS["nimages"]),
+        control("Images per set", html.Div([
+            dcc.RadioItems(id="nimages", options=[{"label": c, "value": c} for c in COUNTS], inline=True,
+                           className="radio-compact"),
+            html.Div(id="nimages-note", className="muted")]), TIPS["nimages"]),
         control("Metric", dcc.Dropdown(id="metric", clearable=False), TIPS["metric"], "150px"),
         control("Threshold", dcc.RadioItems(id="mode", options=[{"label": m, "value": m} for m in MODES],
                                             inline=True), TIPS["mode"]),
