@@ -46,7 +46,7 @@ def test_resnet18_layer_labels_never_overlap(r18_server):
                 if a[0] < c[2] - 0.5 and c[0] < a[2] - 0.5 and a[1] < c[3] - 0.5 and c[1] < a[3] - 0.5]
     assert overlaps == []
     # every name is inside the graph's panel (the default camera frames the whole graph)
-    assert all(gbox[0] <= bx[0] and bx[2] <= gbox[2] and gbox[1] <= bx[1] and bx[3] <= gbox[3] for bx in boxes)
+    assert all(gbox[0] <= bx[0] and bx[2] <= gbox[2] and gbox[1] <= bx[1] and bx[3] <= gbox[3] for bx in boxes), (gbox, [bx for bx in boxes if not (gbox[0] <= bx[0] and bx[2] <= gbox[2] and gbox[1] <= bx[1] and bx[3] <= gbox[3])])
 
 
 def test_standalone_html_frames_the_whole_graph(tmp_path):
@@ -75,4 +75,4 @@ def test_standalone_html_frames_the_whole_graph(tmp_path):
         b.close()
     texts = [bx[4] for bx in boxes]
     assert all(l in texts for l in layers)
-    assert all(gbox[0] <= bx[0] and bx[2] <= gbox[2] and gbox[1] <= bx[1] and bx[3] <= gbox[3] for bx in boxes)
+    assert all(gbox[0] <= bx[0] and bx[2] <= gbox[2] and gbox[1] <= bx[1] and bx[3] <= gbox[3] for bx in boxes), (gbox, [bx for bx in boxes if not (gbox[0] <= bx[0] and bx[2] <= gbox[2] and gbox[1] <= bx[1] and bx[3] <= gbox[3])])

@@ -133,6 +133,10 @@ def snapshot_html(graph, nodes: Sequence[int], edges: Sequence[int], node_scores
         positions = graph3d.node_positions(graph, grid_layout(graph))
     drawn = graph3d.select_drawn(edges, es, HTML_MAX_EDGES)
     fig = graph3d.graph_figure(graph, positions, nodes, drawn, ns, es)
+    # the page's graph panel is narrower than the app's (3/5 of the window, full height): a camera a little
+    # farther back keeps the first and last layer's names inside it
+    cam = fig["layout"]["scene"]["camera"]
+    cam["eye"] = {k: round(v * 1.2, 3) for k, v in cam["eye"].items()}
     in_circuit = np.zeros(graph.num_edges, bool)
     in_circuit[edges] = True
     es_c = np.where(in_circuit, es, 0.0)

@@ -351,8 +351,9 @@ def scene_ranges(pos: np.ndarray, pad: float = 0.08) -> Dict[str, list]:
     for i, ax in enumerate("xyz"):
         lo, hi = float(pos[:, i].min()), float(pos[:, i].max())
         w = (hi - lo) or 1.0
-        px = pad * 1.5 if ax == "x" else pad  # room for the first and last layer's names
-        out[ax] = [round(lo - px * w, 3), round(hi + px * w + (0.25 * w if ax == "z" else 0), 3)]
+        # x: room for the first layer's name, and on the right for the class names beside the last layer
+        lo_pad, hi_pad = (pad * 1.5, pad * 2.5) if ax == "x" else (pad, pad + (0.25 if ax == "z" else 0))
+        out[ax] = [round(lo - lo_pad * w, 3), round(hi + hi_pad * w, 3)]
     return out
 
 
@@ -366,7 +367,7 @@ def camera_center(pos: np.ndarray, node: int) -> Dict[str, float]:
     return c
 
 
-DEFAULT_EYE = {"x": 0.0, "y": -2.4, "z": 1.0}
+DEFAULT_EYE = {"x": 0.0, "y": -2.2, "z": 0.92}  # frames the scene box (ASPECT, scene_ranges) with a small margin
 
 
 def graph_figure(graph, pos: np.ndarray, circuit_nodes: Sequence[int], drawn_edges: np.ndarray,

@@ -62,7 +62,7 @@ def deferred_props() -> dict:
 
     return {"cyto": {"namespace": "dash_cytoscape", "type": "Cytoscape", "props": {
                 "id": "cyto", "elements": [], "layout": {"name": "preset", "fit": True, "padding": 12},
-                "stylesheet": STYLESHEET, "style": {"width": "100%", "height": "440px"}, "className": "cyto-box",
+                "stylesheet": STYLESHEET, "style": {"width": "100%", "height": "520px"}, "className": "cyto-box",
                 "minZoom": 0.3, "maxZoom": 3, "wheelSensitivity": 0.2}},
             "tables": [table("top-nodes", ("rank", "node", "layer", "score")),
                        table("top-edges", ("rank", "edge", "from", "to", "score"))]}
@@ -112,6 +112,10 @@ def layout(models) -> html.Div:
                   dcc.Upload(html.Button("Open snapshot", title="Reopen a snapshot JSON exported earlier"),
                              id="snap-upload", max_size=-1)],
                  className="row exports"),
+    ], className="left")
+
+    # the 2D circuit and the tables span the page: a deep model's 2D diagram needs the width
+    below = html.Div([
         html.Div([html.H4("Circuit (2D)"), html.Span(id="cyto-count", className="info"),
                   html.Label("edges shown", className="muted", htmlFor="cyto-cap",
                              title="How many of the circuit's most important edges the 2D diagram draws (at most 400)"),
@@ -123,7 +127,7 @@ def layout(models) -> html.Div:
         html.H4("Top of the circuit"),
         html.Div(id="tables-caption", className="muted"),
         html.Div(className="row", id="tables"),
-    ], className="left")
+    ], className="below")
 
     panel_col = html.Div([
         html.Div([dcc.Checklist(id="relu", options=[{"label": " ReLU on maps", "value": "relu"}], inline=True),
@@ -141,6 +145,7 @@ def layout(models) -> html.Div:
         html.Div(id="msg", className="error"),
         html.Div(id="snap-msg", className="error"),
         html.Div([graph_col, panel_col], className="main"),
+        below,
         dcc.Store(id="run-request"), dcc.Store(id="scores-ready"), dcc.Store(id="cyto-data"), dcc.Store(id="tables-data"),
         dcc.Store(id="center-on"), dcc.Store(id="deferred-props", data=deferred_props()),
         dcc.Interval(id="run-poll", interval=250, disabled=True),  # ticks while a model run is going
