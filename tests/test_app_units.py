@@ -227,14 +227,23 @@ def test_graph_figure_counts(graph):
     ns = rng.random(graph.num_nodes)
     fig = graph3d.graph_figure(graph, pos, [0, 3, 5], np.array([1, 4, 9]), ns, rng.random(graph.num_edges), selected=3)
     assert graph3d.count_drawn(fig) == 3 and graph3d.drawn_edges_of(fig) == [1, 4, 9]
-    nodes = next(t for t in fig["data"] if t["name"] == "nodes")
-    assert nodes["customdata"] == list(range(graph.num_nodes)) and nodes["marker"]["size"][3] == 18
+    nodes = graph3d.nodes_of(fig)  # {node: (width px, colour, hover)}
+    assert sorted(nodes) == list(range(graph.num_nodes))
+    assert nodes[3][0] == max(w for w, _, _ in nodes.values())  # the selection is drawn largest
+    assert nodes[1][0] < nodes[0][0]  # a node outside the circuit is drawn small
     assert next(t for t in fig["data"] if t["name"] == "selected")["customdata"] == [3]
-    assert nodes["marker"]["color"][1] == colors.INACTIVE and nodes["marker"]["color"][0].startswith("rgb(")
+    assert nodes[1][1] == colors.INACTIVE and nodes[0][1].startswith("rgb(")
+    # every point of a node's cross carries its index and hover (the gaps none), so a click anywhere on it picks it
+    for t in (t for t in fig["data"] if t["name"] == "nodes"):
+        assert t["mode"] == "lines" and len(t["x"]) % graph3d.NODE_PTS == 0
+        cd, tx = t["customdata"], t["text"]
+        for j in range(0, len(cd), graph3d.NODE_PTS):
+            assert [cd[j + k] is None for k in range(9)] == [False, False, True] * 3
+            assert len({cd[j + k] for k in (0, 1, 3, 4, 6, 7)}) == 1 and len({tx[j + k] for k in (0, 1, 3, 4, 6, 7)}) == 1
     # hover: id, layer, score and rank among the circuit's nodes
     best = max([0, 3, 5], key=lambda n: ns[n])
-    assert "rank 1 of 3 circuit nodes" in nodes["text"][best] and graph.node_id(best) in nodes["text"][best]
-    assert "not in the circuit" in nodes["text"][1]
+    assert "rank 1 of 3 circuit nodes" in nodes[best][2] and graph.node_id(best) in nodes[best][2]
+    assert "not in the circuit" in nodes[1][2]
     # layer names are scene annotations (cheap page text), one per layer at the layer's x, above all nodes
     ann = fig["layout"]["scene"]["annotations"]
     assert [a["text"] for a in ann] == [l.name for l in graph.layers]

@@ -95,8 +95,10 @@ def click_node(pg, node: int) -> None:
     """Fire Plotly's click event for one node point, as a mouse click on it would."""
     pg.wait_for_function(GRAPH_DRAWN)
     pg.evaluate("""(n) => { const gd = document.querySelector('#graph3d .js-plotly-plot');
-        const tr = gd.data.findIndex(t => t.name === 'nodes');
-        gd.emit('plotly_click', {points: [{curveNumber: tr, pointNumber: n, customdata: n}]}); }""", node)
+        // a node is drawn as a cross of points that all carry its index (dcc.Graph reads customdata from the figure)
+        const tr = gd.data.findIndex(t => t.name === 'nodes' && t.customdata.includes(n));
+        const pt = gd.data[tr].customdata.indexOf(n);
+        gd.emit('plotly_click', {points: [{curveNumber: tr, pointNumber: pt, customdata: n}]}); }""", node)
 
 
 def act_map_z(pg):
@@ -151,8 +153,8 @@ def test_click_node_shows_activation_map_and_upload_updates_it(page):
 
 
 def test_hover_draws_receptive_field_and_unknown_model_is_reported(page, server):
-    click_node(page, page.evaluate("() => document.querySelector('#graph3d .js-plotly-plot').data"
-                                   ".find(t => t.name === 'nodes').customdata.length - 1") - 12)
+    click_node(page, page.evaluate("() => Math.max(...document.querySelector('#graph3d .js-plotly-plot').data"
+                                   ".filter(t => t.name === 'nodes').flatMap(t => t.customdata.filter(c => c !== null)))") - 12)
     act_map_z(page)
     page.evaluate("""() => { const gd = document.querySelector('#act-map .js-plotly-plot');
         gd.emit('plotly_hover', {points: [{curveNumber: 0, pointNumber: [1, 1], x: 1, y: 1, z: 0}]}); }""")

@@ -22,17 +22,18 @@ def url_param(pg, key):
 
 def node_index(pg, nid: str) -> int:
     """The index of node ``nid`` (``conv2:5``) in the 3D figure's nodes trace (by its hover text)."""
-    i = pg.evaluate("""(nid) => { const t = document.querySelector('#graph3d .js-plotly-plot').data
-        .find(t => t.name === 'nodes');
-        const re = new RegExp('^' + nid.replace(':', '\\\\:') + '(?![0-9])');
-        return t.text.findIndex(s => re.test(s)); }""", nid)
+    i = pg.evaluate("""(nid) => { const re = new RegExp('^' + nid.replace(':', '\\\\:') + '(?![0-9])');
+        for (const t of document.querySelector('#graph3d .js-plotly-plot').data.filter(t => t.name === 'nodes')) {
+            const j = t.text.findIndex(s => re.test(s));
+            if (j >= 0) { return t.customdata[j]; } }
+        return -1; }""", nid)
     assert i >= 0, nid
     return i
 
 
 def n_nodes(pg) -> int:
-    return pg.evaluate("() => document.querySelector('#graph3d .js-plotly-plot').data"
-                       ".find(t => t.name === 'nodes').customdata.length")
+    return pg.evaluate("() => new Set(document.querySelector('#graph3d .js-plotly-plot').data"
+                       ".filter(t => t.name === 'nodes').flatMap(t => t.customdata.filter(c => c !== null))).size")
 
 
 def wait_selected(pg, node: int) -> None:
@@ -68,7 +69,7 @@ def test_legend_colours_match_drawn_edges(page):
     neg = page.get_attribute("#legend .sw-line[data-kind=neg]", "data-color")
     assert pos and neg and pos != neg
     traces = page.evaluate("""() => document.querySelector('#graph3d .js-plotly-plot').data
-        .filter(t => t.mode === 'lines').map(t => [t.name, t.line.color])""")
+        .filter(t => t.mode === 'lines' && t.name !== 'nodes').map(t => [t.name, t.line.color])""")
     assert traces
     rgb = lambda c: re.match(r"rgba\(\d+,\d+,\d+,", c.replace(" ", "")).group(0)  # noqa: E731
     plus = [c for n, c in traces if n.startswith("+")]

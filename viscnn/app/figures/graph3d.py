@@ -197,12 +197,23 @@ def edge_ends(graph, edges: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([graph.edge_target[edges].astype(np.int64), src]))
 
 
-def node_trace(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_scores: np.ndarray,
-               labels: Optional[Sequence[str]] = None, selected: Optional[int] = None,
-               node_signs: Optional[np.ndarray] = None, drawn_edges: Sequence[int] = ()) -> dict:
-    """The drawn nodes (:func:`drawn_nodes`) as one marker trace. Circuit nodes: size = |score| (sqrt
-    scale), colour = the signed score on the diverging map; other nodes small and grey. Hover: id,
-    layer, score, rank. ``customdata`` is each point's node index."""
+NODE_WIDTHS = ((4.5, 3.5), (8.0, 6.0), (11.0, 9.0), (16.0, 12.0), (99.0, 16.0))  # (marker size below, px width)
+NODE_PX_PER_UNIT = 340.0  # screen pixels per normalised scene unit at the default camera (the app's panel)
+NODE_PTS = 9  # points per drawn node: three axis-aligned segments, each with a gap after it
+
+
+def node_traces(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_scores: np.ndarray,
+                labels: Optional[Sequence[str]] = None, selected: Optional[int] = None,
+                node_signs: Optional[np.ndarray] = None, drawn_edges: Sequence[int] = (),
+                rng: Optional[Dict[str, list]] = None) -> List[dict]:
+    """The drawn nodes (:func:`drawn_nodes`) as a few line traces named "nodes". Circuit nodes: size =
+    |score| (sqrt scale), colour = the signed score on the diverging map; other nodes small and grey.
+    Hover: id, layer, score, rank; every point's ``customdata`` is its node index.
+
+    A node is a small cross of three axis-aligned segments as thick as they are long (a blob from any
+    side), one trace per size class: line traces, not a marker trace, because gl3d's marker trace
+    compiles six more WebGL programs and triangulates its glyph on the CPU, about 0.3-0.4 s of the
+    first paint in software WebGL (the app with and without it, 5 cold loads each)."""
     n = graph.num_nodes
     raw = np.asarray(node_scores, np.float64)
     ns = np.abs(raw)
@@ -221,21 +232,53 @@ def node_trace(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_scores
     rank[order] = np.arange(1, len(order) + 1)
     d = drawn_nodes(graph, cn, raw, edge_ends(graph, drawn_edges) if n > MAX_NODES else (), selected)
     text = labels if labels is not None else [graph.node_id(int(i)) for i in range(n)]
-    hover = []
-    for i in d.tolist():
-        lay = graph.layers[int(graph.node_layer[i])]
-        where = f"rank {rank[i]} of {len(cn)} circuit nodes" if inc[i] else "not in the circuit"
-        hover.append(f"{text[i]}<br>layer {lay.name} ({lay.kind}), channel {int(graph.node_channel[i])}"
-                     f"<br>score {raw[i]:.4g} · {where}")
     c = color[d]
     rgb = colors.diverging_rgb(np.where(c >= 0, 1, -1) * np.maximum(np.abs(c), 0.25))  # one vectorised call
-    css = [f"rgb({r},{g},{b})" if inc[i] else colors.INACTIVE for i, (r, g, b) in zip(d.tolist(), rgb.tolist())]
-    return {
-        "type": "scatter3d", "mode": "markers", "name": "nodes", "x": _r(pos[d, 0]), "y": _r(pos[d, 1]),
-        "z": _r(pos[d, 2]), "customdata": d.tolist(), "text": hover,
-        "marker": {"size": np.round(size[d], 1).tolist(), "color": css, "line": {"width": 0}, "opacity": 0.95},
-        "hovertemplate": "%{text}<extra></extra>", "showlegend": False,
-    }
+    css = np.array([f"rgb({r},{g},{b})" if inc[i] else colors.INACTIVE for i, (r, g, b) in zip(d.tolist(), rgb.tolist())],
+                   dtype=object)
+    rng = rng or scene_ranges(pos)
+    per_px = np.array([(rng[a][1] - rng[a][0]) / ASPECT[a] / NODE_PX_PER_UNIT for a in "xyz"])  # data units per px
+    width_of = np.array([w for _, w in NODE_WIDTHS])
+    cls = np.searchsorted(np.array([b for b, _ in NODE_WIDTHS]), size[d], side="right")
+    traces = []
+    for k in np.unique(cls).tolist():
+        m = cls == k
+        dd, w = d[m], float(width_of[k])
+        xyz = np.full((len(dd), NODE_PTS, 3), np.nan, np.float64)
+        for ax in range(3):  # segment ax: points 3ax (minus) and 3ax+1 (plus), then a gap
+            off = np.zeros(3)
+            off[ax] = per_px[ax] * w / 2
+            xyz[:, 3 * ax] = pos[dd] - off
+            xyz[:, 3 * ax + 1] = pos[dd] + off
+        xyz = xyz.reshape(-1, 3)
+        cd = np.repeat(dd, NODE_PTS).astype(object)
+        cd[2::3] = None  # the gap after each segment
+        hover = []
+        for i in dd.tolist():
+            lay = graph.layers[int(graph.node_layer[i])]
+            where = f"rank {rank[i]} of {len(cn)} circuit nodes" if inc[i] else "not in the circuit"
+            hover.append(f"{text[i]}<br>layer {lay.name} ({lay.kind}), channel {int(graph.node_channel[i])}"
+                         f"<br>score {raw[i]:.4g} · {where}")
+        tx = np.repeat(np.array(hover, dtype=object), NODE_PTS)
+        tx[2::3] = ""
+        traces.append({
+            "type": "scatter3d", "mode": "lines", "name": "nodes", "x": _r(xyz[:, 0]), "y": _r(xyz[:, 1]),
+            "z": _r(xyz[:, 2]), "customdata": [None if v is None else int(v) for v in cd], "text": tx.tolist(),
+            "line": {"color": np.repeat(css[m], NODE_PTS).tolist(), "width": w},
+            "hovertemplate": "%{text}<extra></extra>", "showlegend": False, "connectgaps": False,
+        })
+    return traces
+
+
+def nodes_of(fig: dict) -> Dict[int, Tuple[float, str, str]]:
+    """{node index: (drawn width in px, colour, hover text)} of a figure from :func:`graph_figure`."""
+    out = {}
+    for t in fig["data"]:
+        if t.get("name") != "nodes":
+            continue
+        for j in range(0, len(t["customdata"]), NODE_PTS):
+            out[int(t["customdata"][j])] = (t["line"]["width"], t["line"]["color"][j], t["text"][j])
+    return out
 
 
 LINE_HEIGHT = 1.2  # a vertical name needs this many font sizes of room from its neighbour
@@ -378,8 +421,9 @@ def graph_figure(graph, pos: np.ndarray, circuit_nodes: Sequence[int], drawn_edg
                  ablated_edges: Sequence[int] = ()) -> dict:
     """The whole 3D figure as a plain Plotly dict (no validation pass: it is rebuilt on every change).
     ``center_on`` (a node) moves the camera to it and starts a new view revision (search)."""
+    rng = scene_ranges(pos)
     data = edge_traces(graph, pos, drawn_edges, edge_scores, signs, labels)
-    data.append(node_trace(graph, pos, circuit_nodes, node_scores, labels, selected, node_signs, drawn_edges))
+    data += node_traces(graph, pos, circuit_nodes, node_scores, labels, selected, node_signs, drawn_edges, rng)
     if selected is not None and 0 <= selected < graph.num_nodes:  # an orange ring around the selection
         data.append({"type": "scatter3d", "mode": "markers", "name": "selected", "x": [float(pos[selected, 0])],
                      "y": [float(pos[selected, 1])], "z": [float(pos[selected, 2])], "customdata": [int(selected)],
@@ -388,7 +432,6 @@ def graph_figure(graph, pos: np.ndarray, circuit_nodes: Sequence[int], drawn_edg
                      "hoverinfo": "skip", "showlegend": False})
     if len(ablated_nodes) or len(ablated_edges):
         data.append(ablated_trace(graph, pos, ablated_nodes, ablated_edges, labels))
-    rng = scene_ranges(pos)
     camera = {"eye": dict(DEFAULT_EYE), "center": {"x": 0, "y": 0, "z": 0}, "up": {"x": 0, "y": 0, "z": 1}}
     if center_on is not None and 0 <= center_on < graph.num_nodes:
         c = camera_center(pos, center_on)
@@ -418,9 +461,10 @@ def graph_figure(graph, pos: np.ndarray, circuit_nodes: Sequence[int], drawn_edg
 
 def count_drawn(fig: dict) -> int:
     """Edges drawn in a figure from :func:`graph_figure` (each edge is PTS points)."""
-    return sum(len(t["x"]) // PTS for t in fig["data"] if t.get("mode") == "lines")
+    return sum(len(t["x"]) // PTS for t in fig["data"] if t.get("mode") == "lines" and t.get("name") != "nodes")
 
 
 def drawn_edges_of(fig: dict) -> List[int]:
     """The global indices of the edges drawn in a figure (from the midpoints' customdata)."""
-    return sorted({-v - 1 for t in fig["data"] if t.get("mode") == "lines" for v in t["customdata"][1::PTS]})
+    return sorted({-v - 1 for t in fig["data"] if t.get("mode") == "lines" and t.get("name") != "nodes"
+                   for v in t["customdata"][1::PTS]})
