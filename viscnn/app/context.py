@@ -247,10 +247,29 @@ class AppContext:
         self.cache.set(key, (ns, es, info), expire=24 * 3600)
         return key
 
+    def method_circuit(self, s: dict):
+        """(circuit, info) of the state's iterative/learned circuit when its job has cached it, else None
+        (viscnn.app.views.circuit.method); raises ViscnnError for a state that has no method circuit."""
+        from viscnn.app.views.circuit import method as M
+
+        return self.cache.get(M.method_key(self, s))
+
     def resolve(self, s: dict) -> Resolved:
         pm, q, ns, es, signs, pending, key, info = self.scores(s)
         if pending:
             return Resolved(pm, q, None, None, None, None, True, key)
+        from viscnn.app.views.circuit import method as M
+
+        if M.method_of(s) != M.DEFAULT_METHOD:  # an iterative/learned circuit: computed by its job, cached on disk
+            hit = self.method_circuit(s)
+            if hit is None:
+                return Resolved(pm, q, None, None, None, None, True, key)
+            circ, minfo = hit
+            info = dict(info or {}, method=minfo)
+            if signs is None:
+                return Resolved(pm, q, ns, es, None, circ, False, key, run_info=info)
+            return Resolved(pm, q, ns, es, signs[1], circ, False, key, node_signs=signs[0], sign_metric=signs[2],
+                            run_info=info)
         thr = st.threshold_kwargs(s["mode"], s["value"])
         ck = ("circ", s["model"], q.key, key, s["mode"], float(s["value"]))  # the run key has the image and count
         targets = self._memoize(("tn", s["model"], s["target"]), lambda: queries.target_nodes(pm, s["target"]), 16)

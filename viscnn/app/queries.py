@@ -260,4 +260,8 @@ def basis(pm, q: Query, ran: bool, info: Optional[dict] = None) -> str:
                 f"|score|, at least {sp['min_per_layer']} and at most {sp['max_fraction']:.0%} of its kernels.")
     if ran and info and info.get("fallback"):
         out += f" (The prepped dataset is not available here: {info['fallback']}; the gallery images stand in.)"
+    if info and info.get("method"):
+        from viscnn.app.views.circuit.method import method_line
+
+        out += " " + method_line(info["method"])
     return out

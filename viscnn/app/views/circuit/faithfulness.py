@@ -20,6 +20,10 @@ CURVE_RANDOM = 3  # random circuits per size on the faithfulness-vs-size curve
 
 def faith_key(actx, s: dict) -> str:
     r = actx.resolve(s)
+    from viscnn.app.views.circuit import method as M
+
+    if M.method_of(s) != M.DEFAULT_METHOD:
+        return f"faith:{r.run_key}:{M.method_key(actx, s)}"
     return f"faith:{s['model']}:{r.query.key}:{r.run_key}:{s['mode']}:{s['value']}"
 
 
@@ -42,7 +46,13 @@ def measure(actx, s: dict, progress: Optional[Callable[[int, int], None]] = None
     ds = D.open_dataset(pm)
     pool = D.set_positions(ds, pm.classes, name, None)
     split = (pm.manifest.get("data") or {}).get("split") or "prepped"
-    if r.run_key:  # the scores came from N images of the set: measure on others
+    minfo = (r.run_info or {}).get("method")
+    if minfo and minfo.get("set") == name:  # an iterative/learned circuit found on N images of the set
+        scored = D.set_positions(ds, pm.classes, name, minfo["images"])
+        held = np.setdiff1d(pool, scored)
+        where = (f"held-out {split} images of {name!r} (not the {len(scored)} the {minfo['method']} circuit "
+                 f"was found on)")
+    elif r.run_key:  # the scores came from N images of the set: measure on others
         scored = D.set_positions(ds, pm.classes, name, D.count_of(s.get("n")))
         held = np.setdiff1d(pool, scored)
         where = f"held-out {split} images of {name!r} (not the {len(scored)} that scored the circuit)"

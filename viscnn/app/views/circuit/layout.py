@@ -10,9 +10,13 @@ from viscnn.app.figures.cytoscape import MAX_EDGES_2D, STYLESHEET
 from viscnn.app.state import MODES
 from viscnn.app.shell.layout import control, export_buttons, graph_config
 from viscnn.app.viewparams import Param
+from viscnn.app.views.circuit import method as M
 
 # the Circuit view's own URL key (the shell owns target, set, metric, threshold...)
-PARAMS = [Param("n", "nimages", "value", DEFAULT_COUNT, kind="choice", choices=COUNTS)]
+PARAMS = [Param("n", "nimages", "value", DEFAULT_COUNT, kind="choice", choices=COUNTS),
+          Param("method", "method", "value", M.DEFAULT_METHOD, kind="choice", choices=M.METHODS),
+          Param("keep", "keep", "value", M.DEFAULT_KEEP, kind="number", lo=1e-4, hi=0.999),
+          Param("removal", "removal", "value", "zero", kind="choice", choices=M.REMOVALS)]
 
 TIPS = {
     "target": "What the circuit explains. 'loss' (empty = loss): the training loss. 'class:Sneaker' or 'class:7': "
@@ -35,6 +39,14 @@ TIPS = {
     "nimages": "How many images of each image set a model run scores (targets other than the loss, and "
                "loss over 'image'): that many of the prepped dataset's images of the set, evenly spaced through "
                "it. Loss scores over prepped sets are precomputed over every image of the set.",
+    "method": "How the circuit is found. taylor: cut from the Taylor scores by the threshold (instant). iterative: "
+              "prune a fraction of the kernels, re-score on the pruned model, repeat (a few seconds). learned: "
+              "optimise a kernel mask so the masked model keeps the target's per-image values (about half a "
+              "minute). iterative and learned keep a fraction of the conv kernels (Keep) and run over the images "
+              "of the image set (Images per set, at most 1024), in the background.",
+    "keep": "iterative/learned: the fraction of the conv kernels the circuit keeps, e.g. 0.05.",
+    "removal": "iterative/learned: what removing a kernel means while the circuit is found: zero its weights, or "
+               "replace its map by its mean over the images (mean ablation).",
     "search": "Find a node by id (conv2:5), by channel of the class layer, or by class name (Sneaker): "
               "selects it and centres the camera on it.",
 }
@@ -87,6 +99,12 @@ def layout(models) -> html.Div:
         # rewrote the field (Dash 4), so the value is parsed on the server instead.
         control("Value", dcc.Input(id="value", type="text", inputMode="decimal", debounce=True), TIPS["value"],
                 "90px", msg_id="value-msg"),
+        control("Method", dcc.Dropdown(id="method", options=list(M.METHODS), value=M.DEFAULT_METHOD, clearable=False),
+                TIPS["method"], "110px"),
+        control("Keep", dcc.Input(id="keep", type="text", inputMode="decimal", debounce=True, value=M.DEFAULT_KEEP),
+                TIPS["keep"], "70px"),
+        control("Removal", dcc.Dropdown(id="removal", options=list(M.REMOVALS), value="zero", clearable=False),
+                TIPS["removal"], "90px"),
         control("Layout", dcc.Dropdown(id="layout", clearable=False), TIPS["layout"], "110px"),
         control("Find node", dcc.Input(id="search", type="text", debounce=True, placeholder="conv2:5 or Sneaker"),
                 TIPS["search"], "170px", msg_id="search-msg"),
@@ -99,6 +117,7 @@ def layout(models) -> html.Div:
                            config=graph_config("graph3d")),
                  id="graph-wrap"),
         html.Div([html.Span(id="run-status"), html.Span(id="run-progress")], className="info"),
+        html.Div(id="method-info", className="info"),
         html.Div([html.Button("Measure faithfulness", id="faith-run",
                               title="Run the circuit alone (every other kernel zeroed) against the full model on "
                                     "held-out images of the image set, next to random circuits of the same size"),
@@ -149,6 +168,7 @@ def layout(models) -> html.Div:
         dcc.Store(id="run-request"), dcc.Store(id="scores-ready"), dcc.Store(id="cyto-data"), dcc.Store(id="tables-data"),
         dcc.Store(id="center-on"), dcc.Store(id="deferred-props", data=deferred_props()),
         dcc.Interval(id="run-poll", interval=250, disabled=True),  # ticks while a model run is going
+        *M.stores(),  # the iterative/learned circuit's job (views/circuit/method.py)
         dcc.Download(id="download-json"), dcc.Download(id="download-html"),
         dcc.Download(id="download-nodes-csv"), dcc.Download(id="download-edges-csv"),
     ])
