@@ -238,8 +238,8 @@ def test_graph_figure_counts(graph):
         assert t["mode"] == "lines" and len(t["x"]) % graph3d.NODE_PTS == 0
         cd, tx = t["customdata"], t["text"]
         for j in range(0, len(cd), graph3d.NODE_PTS):
-            assert [cd[j + k] is None for k in range(9)] == [False, False, True] * 3
-            assert len({cd[j + k] for k in (0, 1, 3, 4, 6, 7)}) == 1 and len({tx[j + k] for k in (0, 1, 3, 4, 6, 7)}) == 1
+            assert [cd[j + k] is None for k in range(graph3d.NODE_PTS)] == [False, False, True] * 2
+            assert len({cd[j + k] for k in (0, 1, 3, 4)}) == 1 and len({tx[j + k] for k in (0, 1, 3, 4)}) == 1
     # hover: id, layer, score and rank among the circuit's nodes
     best = max([0, 3, 5], key=lambda n: ns[n])
     assert "rank 1 of 3 circuit nodes" in nodes[best][2] and graph.node_id(best) in nodes[best][2]

@@ -199,7 +199,7 @@ def edge_ends(graph, edges: np.ndarray) -> np.ndarray:
 
 NODE_WIDTHS = ((4.5, 3.5), (8.0, 6.0), (11.0, 9.0), (16.0, 12.0), (99.0, 16.0))  # (marker size below, px width)
 NODE_PX_PER_UNIT = 340.0  # screen pixels per normalised scene unit at the default camera (the app's panel)
-NODE_PTS = 9  # points per drawn node: three axis-aligned segments, each with a gap after it
+NODE_PTS = 6  # points per drawn node: a segment along x and one along z, each with a gap after it
 
 
 def node_traces(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_scores: np.ndarray,
@@ -210,8 +210,8 @@ def node_traces(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_score
     |score| (sqrt scale), colour = the signed score on the diverging map; other nodes small and grey.
     Hover: id, layer, score, rank; every point's ``customdata`` is its node index.
 
-    A node is a small cross of three axis-aligned segments as thick as they are long (a blob from any
-    side), one trace per size class: line traces, not a marker trace, because gl3d's marker trace
+    A node is a small cross of two segments (along the depth axis x and the vertical z) as thick as they
+    are long: a blob from every side an orbit around z shows, one trace per size class: line traces, not a marker trace, because gl3d's marker trace
     compiles six more WebGL programs and triangulates its glyph on the CPU, about 0.3-0.4 s of the
     first paint in software WebGL (the app with and without it, 5 cold loads each)."""
     n = graph.num_nodes
@@ -245,11 +245,11 @@ def node_traces(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_score
         m = cls == k
         dd, w = d[m], float(width_of[k])
         xyz = np.full((len(dd), NODE_PTS, 3), np.nan, np.float64)
-        for ax in range(3):  # segment ax: points 3ax (minus) and 3ax+1 (plus), then a gap
+        for k_seg, ax in enumerate((0, 2)):  # segment k: points 3k (minus) and 3k+1 (plus), then a gap
             off = np.zeros(3)
             off[ax] = per_px[ax] * w / 2
-            xyz[:, 3 * ax] = pos[dd] - off
-            xyz[:, 3 * ax + 1] = pos[dd] + off
+            xyz[:, 3 * k_seg] = pos[dd] - off
+            xyz[:, 3 * k_seg + 1] = pos[dd] + off
         xyz = xyz.reshape(-1, 3)
         cd = np.repeat(dd, NODE_PTS).astype(object)
         cd[2::3] = None  # the gap after each segment
@@ -257,8 +257,7 @@ def node_traces(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_score
         for i in dd.tolist():
             lay = graph.layers[int(graph.node_layer[i])]
             where = f"rank {rank[i]} of {len(cn)} circuit nodes" if inc[i] else "not in the circuit"
-            hover.append(f"{text[i]}<br>layer {lay.name} ({lay.kind}), channel {int(graph.node_channel[i])}"
-                         f"<br>score {raw[i]:.4g} · {where}")
+            hover.append(f"{text[i]}<br>{lay.kind} layer {lay.name}<br>score {raw[i]:.4g} · {where}")
         tx = np.repeat(np.array(hover, dtype=object), NODE_PTS)
         tx[2::3] = ""
         traces.append({
