@@ -247,7 +247,7 @@ def node_traces(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_score
         xyz = np.full((len(dd), NODE_PTS, 3), np.nan, np.float64)
         for k_seg, ax in enumerate((0, 2)):  # segment k: points 3k (minus) and 3k+1 (plus), then a gap
             off = np.zeros(3)
-            off[ax] = per_px[ax] * w / 2
+            off[ax] = per_px[ax] * w * 0.35  # arms shorter than the line is thick: a blob, not a plus sign
             xyz[:, 3 * k_seg] = pos[dd] - off
             xyz[:, 3 * k_seg + 1] = pos[dd] + off
         xyz = xyz.reshape(-1, 3)
