@@ -158,3 +158,44 @@ def chunked_kernel_maps(conv: nn.Conv2d, a: torch.Tensor, out_hw, chunk_elements
             h = kernel_maps(conv, a[bs], jj)  # [b, G, J, cg, Ho, Wo]
             idx = (torch.arange(G, device=a.device)[:, None] * jg + torch.arange(jj.start, jj.stop, device=a.device)[None]).reshape(-1)
             yield bs, idx, h.reshape(h.shape[0], -1, *h.shape[3:])
+
+
+def group_taylor(conv, a: torch.Tensor, g: torch.Tensor, groups) -> torch.Tensor:
+    """``S[k, j, i_local] = Σ_{n ∈ groups[k]} Σ_p g[n, j, p] · (a[n, i] ⋆ w[j, i_local])[p]``: the signed
+    kernel Taylor terms summed over each group of images, i.e. ``⟨w_ji, ∂(Σ_{n∈k} target_n)/∂w_ji⟩`` from
+    the group's ordinary (batched) weight gradient; no per-image products. Returns [len(groups),
+    out_channels, in_channels // groups] (float32 for float32 inputs).
+
+    ``groups``: index tensors (or slices) into the batch. The batch-gradient Taylor criterion
+    (Molchanov et al. 2019) takes |S| of a set's total; :func:`per_sample_taylor` summed over a group
+    equals S (tested)."""
+    w = conv.weight.detach()
+    a, pad = padded_input(conv, a.detach())
+    g = g.detach().to(a.dtype)
+    w = w.to(a.dtype).contiguous()
+    k = w.shape[2] * w.shape[3]
+    out = torch.empty(len(groups), w.shape[0], w.shape[1], dtype=a.dtype, device=a.device)
+    ones = torch.ones(k, dtype=a.dtype, device=a.device)
+    for r, idx in enumerate(groups):
+        gw = torch.ops.aten.convolution_backward(g[idx], a[idx], w, None, _pair(conv.stride), _pair(pad),
+                                                 _pair(conv.dilation), False, [0, 0], conv.groups, (False, True, False))[1]
+        if k == 1:
+            torch.mul(gw.view(w.shape[0], w.shape[1]), w.view(w.shape[0], w.shape[1]), out=out[r])
+        else:
+            torch.mv(gw.mul_(w).reshape(-1, k), ones, out=out[r].view(-1))
+    return out
+
+
+def group_linear_taylor(lin: nn.Linear, a: torch.Tensor, g: torch.Tensor, in_channels: int, groups) -> torch.Tensor:
+    """The class layer's edges (class k, channel c) as :func:`group_taylor`: ``S[r, k, c] = Σ_s W[k, c, s] ·
+    Σ_{n∈groups[r]} g[n, k] a[n, c, s]`` (the weight gradient of the group's summed target times W).
+    Returns [len(groups), K, in_channels]."""
+    W = lin.weight.detach().float()
+    K = W.shape[0]
+    S = W.shape[1] // in_channels
+    af, gf = a.detach().reshape(a.shape[0], -1).float(), g.detach().reshape(g.shape[0], -1).float()
+    out = torch.empty(len(groups), K, in_channels, dtype=torch.float32, device=W.device)
+    for r, idx in enumerate(groups):
+        gw = gf[idx].T @ af[idx]  # [K, in*S]
+        torch.sum(gw.mul_(W).view(K, in_channels, S), 2, out=out[r])
+    return out

@@ -14,7 +14,7 @@ from torch import nn
 
 from viscnn.graph.structure import Graph
 from viscnn.importance.capture import Captured, capture, layer_modules
-from viscnn.importance.convmath import CHUNK_ELEMENTS, as_conv
+from viscnn.importance.convmath import CHUNK_ELEMENTS, as_conv, group_linear_taylor, group_taylor
 from viscnn.importance.metrics import (NEEDS_GRAD, check_metrics, conv_edge_scores, linear_edge_scores, map_scores,
                                        replacement_node_taylor)
 from viscnn.importance.node_scores import chain_zero, elementwise_chains
@@ -22,6 +22,16 @@ from viscnn.importance.targets import Target, parse_target
 from viscnn.model_copy import working_copy
 
 LayerScores = Dict[str, Tuple[torch.Tensor, torch.Tensor]]  # metric -> (nodes [B, C], edges [B, E_layer])
+
+#: The edge metrics with a batch-gradient form: per set, from the signed sum of the per-image Taylor terms.
+BATCH_METRICS = ("taylor", "taylor_signed")
+
+
+def batch_set_score(metric: str, total, count):
+    """A set's edge score under the batch criterion from the signed sum ``total`` over its ``count`` images
+    (numpy or torch): ``taylor`` ``|total| / count``, ``taylor_signed`` ``total / count`` (the same as the
+    per-image criterion's: the mean is linear)."""
+    return (abs(total) if metric == "taylor" else total) / max(count, 1)
 
 
 class Scorer:
@@ -70,23 +80,69 @@ class Scorer:
         self.last_outputs = cap.outputs  # layer outputs of this batch, for callers that also want them (exemplars)
         B = cap.x.shape[0]
         for li, layer in enumerate(self.graph.layers):
+            nodes = self._node_scores(cap, layer, B)
             if layer.kind == "input":
-                nodes = map_scores(cap.x, cap.x_grad, self.metrics, B, layer.channels, None, self.device)
                 yield li, {m: (nodes[m], torch.zeros(B, 0, device=self.device)) for m in self.metrics}
                 continue
-            mod = self.modules[layer.name]
-            a, y, g = cap.inputs.get(layer.name), cap.outputs.get(layer.name), cap.grads.get(layer.name)
-            wmag = mod.weight.detach().abs().reshape(layer.channels, -1).mean(1)
-            if layer.kind == "linear":
-                nodes = map_scores(y, g, self.metrics, B, layer.channels, wmag, self.device)
-                edges = linear_edge_scores(mod, a, g, self.metrics, B, layer.in_channels)
-            else:
-                nodes = map_scores(y, g, self.metrics, B, layer.channels, wmag, self.device)
-                if layer.name in cap.post_grads:
-                    nodes.update(replacement_node_taylor(cap.post[layer.name], cap.post_grads[layer.name],
-                                                         self._zero[layer.name], self.metrics))
-                edges = conv_edge_scores(as_conv(mod), a, g, self.metrics, B, layer.out_size, self.chunk_elements,
-                                         nodes.get("gradient") if g is not None else None)
+            edges = self._edge_scores(cap, layer, B, self.metrics, nodes)
+            yield li, {m: (nodes[m], edges[m]) for m in self.metrics}
+        self.last_values = cap.values
+
+    def _node_scores(self, cap: Captured, layer, B: int) -> Dict[str, torch.Tensor]:
+        if layer.kind == "input":
+            return map_scores(cap.x, cap.x_grad, self.metrics, B, layer.channels, None, self.device)
+        mod = self.modules[layer.name]
+        y, g = cap.outputs.get(layer.name), cap.grads.get(layer.name)
+        wmag = mod.weight.detach().abs().reshape(layer.channels, -1).mean(1)
+        nodes = map_scores(y, g, self.metrics, B, layer.channels, wmag, self.device)
+        if layer.kind != "linear" and layer.name in cap.post_grads:
+            nodes.update(replacement_node_taylor(cap.post[layer.name], cap.post_grads[layer.name],
+                                                 self._zero[layer.name], self.metrics))
+        return nodes
+
+    def _edge_scores(self, cap: Captured, layer, B: int, metrics, nodes) -> Dict[str, torch.Tensor]:
+        mod = self.modules[layer.name]
+        a, g = cap.inputs.get(layer.name), cap.grads.get(layer.name)
+        if layer.kind == "linear":
+            return linear_edge_scores(mod, a, g, metrics, B, layer.in_channels)
+        return conv_edge_scores(as_conv(mod), a, g, metrics, B, layer.out_size, self.chunk_elements,
+                                nodes.get("gradient") if g is not None else None)
+
+    def group_layer_scores(self, x: torch.Tensor, labels: Optional[torch.Tensor], groups: Sequence
+                           ) -> Iterator[Tuple[int, LayerScores]]:
+        """Yield ``(layer index, {metric: (nodes [G, C], edges [G, E_layer])})``: sums over each group of
+        images (``groups``: index tensors or slices into the batch), float64 on the scorer's device.
+
+        Node scores and the edge scores of the non-Taylor metrics are the per-image scores summed. The
+        edges of ``taylor`` and ``taylor_signed`` are both the *signed* sums ``Σ_n T_n`` of the per-image
+        kernel Taylor terms, from each group's batched weight gradient (:func:`group_taylor`, no
+        per-image kernel products): the batch-gradient criterion, whose ``taylor`` score of a set is
+        ``|Σ_n T_n| / n`` of the set's total (:func:`batch_set_score`)."""
+        cap = self.capture(x, labels)
+        self.last_outputs = cap.outputs
+        B = cap.x.shape[0]
+        W = torch.zeros(len(groups), B, dtype=torch.float64, device=self.device)
+        for r, idx in enumerate(groups):
+            W[r, idx] = 1.0
+        tay = [m for m in self.metrics if m in BATCH_METRICS]
+        other = [m for m in self.metrics if m not in BATCH_METRICS]
+        for li, layer in enumerate(self.graph.layers):
+            nodes = {m: W @ v.double() for m, v in self._node_scores(cap, layer, B).items()}
+            if layer.kind == "input":
+                yield li, {m: (nodes[m], torch.zeros(len(groups), 0, dtype=torch.float64, device=self.device)) for m in self.metrics}
+                continue
+            edges = {}
+            if other:
+                edges = {m: W @ e.double() for m, e in self._edge_scores(cap, layer, B, other, {}).items()}
+            if tay:
+                a, g = cap.inputs.get(layer.name), cap.grads.get(layer.name)
+                if a is None or g is None:
+                    t = torch.zeros(len(groups), layer.num_edges, dtype=torch.float64, device=self.device)
+                elif layer.kind == "linear":
+                    t = group_linear_taylor(self.modules[layer.name], a, g, layer.in_channels, groups).reshape(len(groups), -1).double()
+                else:
+                    t = group_taylor(as_conv(self.modules[layer.name]), a, g, groups).reshape(len(groups), -1).double()
+                edges.update({m: t for m in tay})
             yield li, {m: (nodes[m], edges[m]) for m in self.metrics}
         self.last_values = cap.values
 

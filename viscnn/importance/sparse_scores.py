@@ -29,7 +29,7 @@ import numpy as np
 from viscnn.graph.structure import Graph
 
 SUFFIXES = ("index", "value", "ptr", "totals", "complete")
-DEFAULTS = {"mass": 0.999, "min_per_layer": 256, "max_fraction": 0.02}
+DEFAULTS = {"mass": 0.999, "min_per_layer": 256, "max_fraction": 0.015}
 
 
 def layer_bounds(graph: Graph) -> List[Tuple[int, int]]:

@@ -14,6 +14,8 @@ FLAGS = {  # flag -> (dotted config key, type)
     "--batch-size": ("run.batch_size", int), "--device": ("run.device", str), "--seed": ("run.seed", int),
     "--featurevis-steps": ("featurevis.steps", int), "--exemplars-k": ("exemplars.k", int),
     "--app-images-per-class": ("app.images_per_class", int),
+    "--sparse-scores": ("run.sparse_scores", str), "--sparse-max-fraction": ("run.sparse_max_fraction", float),
+    "--class-kernel-score": ("run.class_kernel_score", str),
 }
 
 

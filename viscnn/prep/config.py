@@ -31,7 +31,9 @@ Example (prepped_models/fmnist.toml)::
     sparse_scores = "auto"        # per-class edge scores stored sparse: "on", "off", or "auto" (past 2 GiB dense)
     sparse_mass = 0.999           # sparse rows keep, per layer, the top edges holding this share of |score|,
     sparse_min_per_layer = 256    # at least this many edges (all of a smaller layer)
-    sparse_max_fraction = 0.02    # and at most this fraction of the layer's edges
+    sparse_max_fraction = 0.015   # and at most this fraction of the layer's edges
+    class_kernel_score = "auto"   # per-set kernel Taylor: "per_image" (mean of |T| per image), "batch" (|mean T|,
+                                  # from each class's batched weight gradient), "auto" (batch when stored sparse)
 
     [featurevis]
     steps = 128
@@ -67,8 +69,10 @@ except ModuleNotFoundError:  # Python < 3.11
 STAGES = ["graph", "kernels", "scores", "layouts", "featurevis", "exemplars", "images"]
 METRICS = ["taylor", "taylor_signed", "actgrad_abs", "activation", "gradient", "weight"]
 DATA_KINDS = ["fashion-mnist", "folder", "torchvision"]
+KERNEL_SCORES = ["auto", "per_image", "batch"]
 NEW_KEYS = {"data.bad_images": "error", "featurevis.layers": [], "run.class_scores": True, "run.sparse_scores": "auto",
-            "run.sparse_mass": 0.999, "run.sparse_min_per_layer": 256, "run.sparse_max_fraction": 0.02}  # see PrepConfig.section
+            "run.sparse_mass": 0.999, "run.sparse_min_per_layer": 256, "run.sparse_max_fraction": 0.015,
+            "run.class_kernel_score": "auto"}  # see PrepConfig.section
 _NOPE = object()
 
 DEFAULTS: Dict[str, Any] = {
@@ -81,7 +85,7 @@ DEFAULTS: Dict[str, Any] = {
     "preprocess": {"size": [28, 28], "channels": 1, "mean": [0.0], "std": [1.0]},
     "run": {"batch_size": 256, "device": "cpu", "seed": 0, "stages": list(STAGES), "metrics": ["taylor", "taylor_signed"],
             "class_scores": True, "sparse_scores": "auto", "sparse_mass": 0.999, "sparse_min_per_layer": 256,
-            "sparse_max_fraction": 0.02},
+            "sparse_max_fraction": 0.015, "class_kernel_score": "auto"},
     "featurevis": {"steps": 128, "edges_per_node": 3, "layers": []},
     "exemplars": {"k": 6},
     "app": {"images_per_class": 2},
@@ -211,6 +215,8 @@ def validate(v: Dict[str, Any]) -> None:
           f"{r['sparse_min_per_layer']!r}; an integer >= 1")
     _need(isinstance(r["sparse_max_fraction"], (int, float)) and 0 < r["sparse_max_fraction"] <= 1, "run.sparse_max_fraction",
           f"{r['sparse_max_fraction']!r}; in (0, 1]")
+    _need(r["class_kernel_score"] in KERNEL_SCORES, "run.class_kernel_score",
+          f"{r['class_kernel_score']!r}; one of {KERNEL_SCORES}")
     _need(_is_int(v["featurevis"]["steps"]) and v["featurevis"]["steps"] > 0, "featurevis.steps", "a positive integer")
     _need(_is_int(v["featurevis"]["edges_per_node"]) and v["featurevis"]["edges_per_node"] >= 0, "featurevis.edges_per_node", "an integer >= 0")
     fl = v["featurevis"]["layers"]

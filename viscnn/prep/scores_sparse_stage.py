@@ -18,7 +18,7 @@ from viscnn.io import atomic_save_npy
 def stage_scores_sparse(ctx):
     from viscnn.importance.sparse_scores import ranking_of_dense, write_group
     from viscnn.prep.scoring import OWN, save_exemplar_tables
-    from viscnn.prep.scoring_sparse import score_dataset_sparse, sparse_params
+    from viscnn.prep.scoring_sparse import kernel_score, score_dataset_sparse, sparse_params
     from viscnn.prep.stages import exemplar_tables_key
 
     nodes, edges_all, counts, files, top = score_dataset_sparse(ctx)
@@ -44,7 +44,7 @@ def stage_scores_sparse(ctx):
         remove_files(ctx, sparse=False, keep_own=stored)
     own_info = {"metrics": stored, "images": [int(c) for c in counts[:C]]} if stored else None
     return {"image_counts": [int(c) for c in counts], "score_ranks": ctx.world, "class_scores": own_info,
-            "scores_layout": "sparse", "sparse": sparse_params(ctx.cfg)}
+            "scores_layout": "sparse", "sparse": sparse_params(ctx.cfg), "class_kernel_score": kernel_score(ctx.cfg, sparse=True)}
 
 
 def remove_files(ctx, sparse: bool, keep_own=()) -> None:

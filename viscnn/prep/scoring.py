@@ -26,7 +26,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from viscnn.io import atomic_save_npy, atomic_write_text
+from viscnn.io import atomic_write_text
 
 import os
 
@@ -53,8 +53,11 @@ def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.nda
 
     from viscnn.prep.own_class import OwnClassTarget, class_score_metrics
 
+    from viscnn.prep.scoring_sparse import kernel_score
+
+    batch_crit = kernel_score(cfg, sparse=False) == "batch"
     k_ex = cfg["exemplars"]["k"] if _exemplars_to_run(ctx) else 0
-    key = stage_hash(cfg, "scores") + f":{bs}" + (f":exemplars{k_ex}" if k_ex else "")
+    key = stage_hash(cfg, "scores") + f":{bs}" + (f":exemplars{k_ex}" if k_ex else "") + (":batch" if batch_crit else "")
     conv_channels = {l.name: l.channels for l in graph.conv_layers()}
     own_metrics = class_score_metrics(cfg)
     keys = metrics + [OWN + m for m in own_metrics]
@@ -71,16 +74,22 @@ def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.nda
     for b in todo:
         start = b * bs
         x, y = data.batch(range(start, min(start + bs, len(data))))
-        per_image = scorer(x.to(device), y.to(device))  # {metric: (nodes [B, N], edges [B, E])}
-        if top is not None:
+        member = membership(x, y).T.double().numpy()  # [sets, images]: its class row and the "all" row
+        if batch_crit:  # signed per-class sums; |.| and the "all" row once every batch is in (_finish_batch)
+            _add_groups(sums, scorer.scorer, x.to(device), y.to(device), graph, "")
+            outs = scorer.scorer.last_outputs
+            if own is not None:
+                _add_groups(sums, own.scorer, x.to(device), y.to(device), graph, OWN)
+        else:
+            per_image = scorer(x.to(device), y.to(device))  # {metric: (nodes [B, N], edges [B, E])}
             outs = scorer.last_outputs
+            _add(sums, per_image, member, "")
+            if own is not None:  # one more backward: every image's own-class logit
+                del per_image
+                _add(sums, own(x.to(device), y.to(device)), member, OWN)
+        if top is not None:
             for layer in conv_channels:
                 top.add(layer, outs[layer], start)
-        member = membership(x, y).T.double().numpy()  # [sets, images]: its class row and the "all" row
-        _add(sums, per_image, member, "")
-        if own is not None:  # one more backward: every image's own-class logit
-            del per_image
-            _add(sums, own(x.to(device), y.to(device)), member, OWN)
         counts += member.sum(1).astype(np.int64)
         cursor = b
         bar.update(1)
@@ -94,6 +103,8 @@ def score_dataset(ctx) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], np.nda
     if ctx.world > 1:
         sums, counts = _all_reduce(sums, counts)
         top = _all_gather_top(top) if top is not None else None
+    if batch_crit:
+        _finish_batch(sums)
     safe = np.maximum(counts, 1)[:, None]
     means = {m: (s[0] / safe, s[1] / safe) for m, s in sums.items()}
     return means, counts, top
@@ -107,6 +118,42 @@ def _add(sums, per_image, member, prefix: str) -> None:
     for m, (pn, pe) in per_image.items():
         sums[prefix + m][0][...] += member @ pn.double().cpu().numpy()
         sums[prefix + m][1][...] += member @ pe.double().cpu().numpy()
+
+
+def _add_groups(sums, scorer, x, y, graph, prefix: str) -> None:
+    """The batch criterion's per-class sums: node scores summed per class, kernel Taylor terms summed
+    signed per class (:meth:`viscnn.importance.scorer.Scorer.group_layer_scores`); the "all" row is left
+    to :func:`_finish_batch`."""
+    yc = y.cpu().long()
+    classes = torch.unique(yc).tolist()
+    groups = [torch.nonzero(yc == c).squeeze(1).to(x.device) for c in classes]
+    rows = np.asarray(classes, np.int64)
+    for li, sc in scorer.group_layer_scores(x, y, groups):
+        l = graph.layers[li]
+        nsl = slice(l.node_offset, l.node_offset + l.channels)
+        for m, (n, e) in sc.items():
+            sums[prefix + m][0][rows, nsl] += n.cpu().numpy()
+            if e.shape[1]:
+                esl = slice(l.edge_offset, l.edge_offset + l.num_edges)
+                sums[prefix + m][1][rows, esl] += e.cpu().numpy()
+
+
+def _finish_batch(sums) -> None:
+    """In place, once the signed class sums of every rank are in: ``taylor`` class rows |sum|, and every
+    "all" row (the last) the sum of the class rows (for ``taylor``: Σ_K |sum_K|, so the "all" mean is the
+    image-weighted mean of the class scores)."""
+    from viscnn.importance.scorer import batch_set_score
+
+    for key, (n, e) in sums.items():
+        metric = key[len(OWN):] if key.startswith(OWN) else key
+        if metric == "taylor":
+            e[:-1] = batch_set_score(metric, e[:-1], 1)
+        # the class rows added one by one in class order, as the sparse pass adds each finished class to its
+        # "all" sums (a pairwise sum differs in the last float64 bit, enough to flip an ill-conditioned MDS)
+        n[-1], e[-1] = 0, 0
+        for r in range(len(e) - 1):
+            n[-1] += n[r]
+            e[-1] += e[r]
 
 
 def _exemplars_to_run(ctx) -> bool:
@@ -143,63 +190,39 @@ def _zeros(metrics, n_sets, graph):
 
 
 def _load_partial(part, metrics, n_sets, graph, key, k_ex, conv_channels):
-    from viscnn.featurevis.exemplars import TopK
+    from viscnn.prep.checkpoint import empty_top, load_array, load_checkpoint, load_top
 
     sums, counts, cursor = _zeros(metrics, n_sets, graph), np.zeros(n_sets, np.int64), -1
-    top = TopK(k_ex, conv_channels) if k_ex else None
-    if not (part / "cursor.json").is_file():  # killed between the two renames of _save_partial
-        part = part.parent / (part.name + ".old")
-    meta = part / "cursor.json"
-    if meta.is_file():
-        info = json.loads(meta.read_text())
-        if info.get("key") == key and info.get("metrics") == metrics and info.get("shape") == [n_sets, graph.num_nodes, graph.num_edges]:
-            for m in metrics:
-                sums[m] = (np.load(part / f"{m}.nodes.npy"), np.load(part / f"{m}.edges.npy"))
-            counts = np.load(part / "counts.npy")
-            cursor = info["cursor"]
-            if top is not None:
-                top = TopK.load(part, k_ex, conv_channels, prefix="exemplars.")
+    top = empty_top(k_ex, conv_channels)
+    folder, info = load_checkpoint(part)
+    if info and info.get("key") == key and info.get("metrics") == metrics and info.get("shape") == [n_sets, graph.num_nodes, graph.num_edges]:
+        sums = {m: (load_array(folder, f"{m}.nodes"), load_array(folder, f"{m}.edges")) for m in metrics}
+        counts, cursor = load_array(folder, "counts"), info["cursor"]
+        if top is not None:
+            top = load_top(folder, k_ex, conv_channels)
     return sums, counts, cursor, top
 
 
 def _save_partial(part, sums, counts, cursor, key, top=None):
-    # A checkpoint is a folder of arrays + cursor; write a fresh one, then switch folders by
-    # rename, so a kill at any point leaves one complete checkpoint (``part`` or ``part.old``).
-    gen = part.parent / (part.name + ".next")
+    from viscnn.prep.checkpoint import save_checkpoint
+
+    arrays = {}
     for m, (n, e) in sums.items():
-        atomic_save_npy(gen / f"{m}.nodes.npy", n)
-        atomic_save_npy(gen / f"{m}.edges.npy", e)
-    atomic_save_npy(gen / "counts.npy", counts)
-    if top is not None:
-        top.save(gen, prefix="exemplars.")
-    atomic_write_text(gen / "cursor.json", json.dumps({"key": key, "cursor": cursor, "metrics": list(sums),
-                                                       "shape": [len(counts), *[a.shape[1] for a in next(iter(sums.values()))]]}))
-    old = part.parent / (part.name + ".old")
-    if part.exists():
-        if old.exists():
-            import shutil
-
-            shutil.rmtree(old)
-        part.rename(old)
-    gen.rename(part)
-    if old.exists():
-        import shutil
-
-        shutil.rmtree(old)
+        arrays[f"{m}.nodes"], arrays[f"{m}.edges"] = n, e
+    arrays["counts"] = counts
+    n0, e0 = next(iter(sums.values()))
+    save_checkpoint(part, arrays, {"key": key, "cursor": cursor, "metrics": list(sums),
+                                   "shape": [len(counts), n0.shape[1], e0.shape[1]]}, top)
 
 
 def _all_reduce(sums, counts):
-    import torch.distributed as dist
+    from viscnn.prep.checkpoint import all_reduce
 
-    out = {}
+    flat = {"counts": counts}
     for m, (n, e) in sums.items():
-        tn, te = torch.from_numpy(n), torch.from_numpy(e)
-        dist.all_reduce(tn)
-        dist.all_reduce(te)
-        out[m] = (tn.numpy(), te.numpy())
-    tc = torch.from_numpy(counts)
-    dist.all_reduce(tc)
-    return out, tc.numpy()
+        flat[f"{m}.nodes"], flat[f"{m}.edges"] = n, e
+    out = all_reduce(flat)
+    return {m: (out[f"{m}.nodes"], out[f"{m}.edges"]) for m in sums}, out["counts"]
 
 
 def _all_gather_top(top):

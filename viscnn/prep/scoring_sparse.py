@@ -26,7 +26,6 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from viscnn.io import atomic_save_npy, atomic_write_text
 
 SPARSE_CHECKPOINT_SECONDS = float(os.environ.get("VISCNN_SPARSE_CHECKPOINT_SECONDS", "30"))
 _TEST_DELAY = float(os.environ.get("VISCNN_TEST_BATCH_DELAY", "0"))  # lets the kill-and-resume test land mid-run
@@ -50,6 +49,16 @@ def use_sparse(cfg, graph, n_classes: int) -> bool:
     return 4 * graph.num_edges * rows > AUTO_DENSE_BYTES
 
 
+def kernel_score(cfg, sparse: bool) -> str:
+    """The per-set kernel Taylor criterion ``run.class_kernel_score`` resolves to: "per_image" (a set's score
+    is the mean over its images of each image's |Σ_p g·h|, the exact reference) or "batch" (|the set's
+    mean of Σ_p g·h|, from each class's batched weight gradient: Molchanov et al. 2019's minibatch
+    criterion with class-pure groups, no per-image kernel products); "auto" is batch when the scores
+    are stored sparse. Only ``taylor`` differs between the two (``taylor_signed`` is linear)."""
+    mode = cfg["run"]["class_kernel_score"]
+    return ("batch" if sparse else "per_image") if mode == "auto" else mode
+
+
 def rows_dir(ctx) -> Path:
     return ctx.out / "scores" / "_partial" / "rows"
 
@@ -64,6 +73,7 @@ def score_dataset_sparse(ctx):
     from tqdm import tqdm
 
     from viscnn.importance.prep_api import BatchScorer
+    from viscnn.importance.scorer import Scorer
     from viscnn.importance.sparse_scores import save_row, sparsify
     from viscnn.prep.own_class import OwnClassTarget, class_score_metrics
     from viscnn.prep.scoring import OWN, _all_gather_top, _exemplars_to_run
@@ -76,12 +86,18 @@ def score_dataset_sparse(ctx):
     bs, device = cfg["run"]["batch_size"], torch.device(cfg["run"]["device"])
     params = sparse_params(cfg)
     k_ex = cfg["exemplars"]["k"] if _exemplars_to_run(ctx) else 0
+    batch = kernel_score(cfg, sparse=True) == "batch"
     key = stage_hash(cfg, "scores") + f":{bs}:sparse:{json.dumps(params, sort_keys=True)}" + (f":exemplars{k_ex}" if k_ex else "")
+    key += ":batch" if batch else ""
     part = ctx.out / "scores" / "_partial" / f"rank{ctx.rank}of{ctx.world}"
     conv_channels = {l.name: l.channels for l in graph.conv_layers()}
     all_sums, counts, done, top = _load(part, key, metrics, C + 1, E, k_ex, conv_channels)
-    scorer = BatchScorer(ctx.model, graph, metrics, device=device)
-    own = BatchScorer(ctx.model, graph, own_metrics, device=device, target=OwnClassTarget()) if own_metrics else None
+    if batch:  # the Scorer itself: group_layer_scores
+        scorer = Scorer(ctx.model, graph, "loss", metrics, device=device)
+        own = Scorer(ctx.model, graph, OwnClassTarget(), own_metrics, device=device) if own_metrics else None
+    else:
+        scorer = BatchScorer(ctx.model, graph, metrics, device=device)
+        own = BatchScorer(ctx.model, graph, own_metrics, device=device, target=OwnClassTarget()) if own_metrics else None
     mine = [c for c in range(C) if c % ctx.world == ctx.rank]
     positions = {c: np.flatnonzero(data.labels == c) for c in mine}
     # this rank's images class by class, in fixed batches that may span classes (a resumed run redoes a
@@ -103,19 +119,24 @@ def score_dataset_sparse(ctx):
             continue
         x, y = data.batch(p)
         x, y = x.to(device), y.to(device)
-        for c in todo:
-            if c not in active:
-                active[c] = ({k: np.zeros(N) for k in keys}, {k: pool.take() for k in keys})
-        weights = torch.from_numpy(np.stack([(pc == c) for c in todo]).astype(np.float64))  # [classes here, B]
-        into = [{m: (active[c][0][m], active[c][1][m]) for m in metrics} for c in todo]
-        scorer.add_weighted(x, y, weights, into)
-        if top is not None:
+        if batch:
+            _batch_step(graph, scorer, own, x, y, p, pc, todo, positions, active, pool, all_sums, params, keys,
+                        lambda c, k: row_file(ctx, k, c), OWN, N)
             outs = scorer.last_outputs
+        else:
+            for c in todo:
+                if c not in active:
+                    active[c] = ({k: np.zeros(N) for k in keys}, {k: pool.take() for k in keys})
+            weights = torch.from_numpy(np.stack([(pc == c) for c in todo]).astype(np.float64))  # [classes here, B]
+            into = [{m: (active[c][0][m], active[c][1][m]) for m in metrics} for c in todo]
+            scorer.add_weighted(x, y, weights, into)
+            outs = scorer.last_outputs
+            if own is not None:
+                into = [{m: (active[c][0][OWN + m], active[c][1][OWN + m]) for m in own_metrics} for c in todo]
+                own.add_weighted(x, y, weights, into)
+        if top is not None:
             for layer in conv_channels:
                 top.add(layer, outs[layer], 0, indices=p)  # duplicates from a redone batch count once
-        if own is not None:
-            into = [{m: (active[c][0][OWN + m], active[c][1][OWN + m]) for m in own_metrics} for c in todo]
-            own.add_weighted(x, y, weights, into)
         for c in todo:
             m = pc == c
             left[c] -= int(m.sum())
@@ -123,14 +144,17 @@ def score_dataset_sparse(ctx):
             if left[c] == 0:  # the class is complete: its sparse rows, then its share of the "all" sums
                 nsum, esum = active.pop(c)
                 n = len(positions[c])
-                for k in keys:
+                for k in esum:  # (a class scored whole in one batch under the batch criterion has no sums here: saved)
+                    metric = k[len(OWN):] if k.startswith(OWN) else k
+                    if batch and metric == "taylor":
+                        np.abs(esum[k], out=esum[k])
                     if not k.startswith(OWN):
                         all_sums[k] += esum[k]
                     esum[k] /= n  # in place: the class mean (the buffer goes back to the pool below)
                     row = sparsify(graph, esum[k], **params)
                     row["nodes"], row["images"] = nsum[k] / n, np.asarray(n, np.int64)
                     save_row(row_file(ctx, k, c), row)
-                for k in keys:
+                for k in esum:
                     pool.give(esum[k])
                 counts[c] = n
                 done.append(c)
@@ -159,6 +183,55 @@ def score_dataset_sparse(ctx):
     return nodes, edges_all, counts, files, top
 
 
+def _batch_step(graph, scorer, own, x, y, p, pc, todo, positions, active, pool, all_sums, params, keys, row_path, OWN, N):
+    """One batch under the batch criterion: every class of the batch gets its signed kernel Taylor sums
+    from its own images' batched weight gradient (``Scorer.group_layer_scores``, the loss and then the
+    own-class target). A class whose images all lie in this batch (the usual case with few images per
+    class) is finished here layer by layer: its row is sparsified as each layer's sums come out (the
+    same rows as :func:`sparsify` on the whole row) and saved, its share of the ``all`` sums added, and it
+    needs no [E] buffer. A class spanning batches accumulates float64 sums in ``active`` as before."""
+    from viscnn.importance.scorer import batch_set_score
+    from viscnn.importance.sparse_scores import RowParts, save_row
+
+    groups, whole = [], []
+    for c in todo:
+        at = np.flatnonzero(pc == c)
+        assert at[-1] - at[0] + 1 == len(at), "class-sorted batches"
+        groups.append(slice(int(at[0]), int(at[-1]) + 1))
+        whole.append(len(at) == len(positions[c]))
+    for c, w in zip(todo, whole):
+        if c not in active:
+            active[c] = ({k: np.zeros(N) for k in keys}, {} if w else {k: pool.take() for k in keys})
+    parts = {(c, k): RowParts() for c, w in zip(todo, whole) if w for k in keys}
+    wr = [r for r, w in enumerate(whole) if w]
+    for sc, prefix in ((scorer, ""), (own, OWN)):
+        if sc is None:
+            continue
+        for li, scores in sc.group_layer_scores(x, y, groups):
+            l = graph.layers[li]
+            nsl = slice(l.node_offset, l.node_offset + l.channels)
+            esl = slice(l.edge_offset, l.edge_offset + (l.num_edges if l.kind != "input" else 0))
+            for m, (nt, et) in scores.items():
+                k = prefix + m
+                nn_, en = nt.cpu().numpy(), et.cpu().numpy()
+                for r, c in enumerate(todo):
+                    active[c][0][k][nsl] += nn_[r]
+                    if not whole[r] and en.shape[1]:
+                        active[c][1][k][esl] += en[r]
+                for r in wr:  # the finished classes: their share of the "all" sums (class by class, in a fixed
+                    c = todo[r]  # order, so a resumed run adds the same terms in the same order), their rows
+                    if not prefix and en.shape[1]:
+                        all_sums[k][esl] += np.abs(en[r]) if m == "taylor" else en[r]
+                    parts[(c, k)].add(l.edge_offset, batch_set_score(m, en[r], len(positions[c])), **params)
+    for r in wr:
+        c = todo[r]
+        n = len(positions[c])
+        for k in keys:
+            row = parts[(c, k)].row()
+            row["nodes"], row["images"] = active[c][0][k] / n, np.asarray(n, np.int64)
+            save_row(row_path(c, k), row)
+
+
 class _Buffers:
     """Reused float64 [E] accumulators: a fresh 107 MB array per class and metric (ResNet-50) costs page
     faults on every batch, which on a VM stalled the pass for seconds; zeroing a warm one does not."""
@@ -178,52 +251,30 @@ class _Buffers:
 
 
 def _load(part: Path, key: str, metrics: List[str], n_sets: int, E: int, k_ex: int, conv_channels):
-    from viscnn.featurevis.exemplars import TopK
+    from viscnn.prep.checkpoint import empty_top, load_array, load_checkpoint, load_top
 
     sums, counts, done = {m: np.zeros(E) for m in metrics}, np.zeros(n_sets, np.int64), []
-    top = TopK(k_ex, conv_channels) if k_ex else None
-    if not (part / "cursor.json").is_file():  # killed between the two renames of _save
-        part = part.parent / (part.name + ".old")
-    meta = part / "cursor.json"
-    if meta.is_file():
-        info = json.loads(meta.read_text())
-        if info.get("key") == key and info.get("metrics") == metrics and info.get("shape") == [n_sets, E]:
-            sums = {m: np.load(part / f"{m}.all_edges.npy") for m in metrics}
-            counts, done = np.load(part / "counts.npy"), list(info["done"])
-            if top is not None:
-                top = TopK.load(part, k_ex, conv_channels, prefix="exemplars.")
+    top = empty_top(k_ex, conv_channels)
+    folder, info = load_checkpoint(part)
+    if info and info.get("key") == key and info.get("metrics") == metrics and info.get("shape") == [n_sets, E]:
+        sums = {m: load_array(folder, f"{m}.all_edges") for m in metrics}
+        counts, done = load_array(folder, "counts"), list(info["done"])
+        if top is not None:
+            top = load_top(folder, k_ex, conv_channels)
     return sums, counts, done, top
 
 
 def _save(part: Path, sums, counts, done, key: str, top) -> None:
-    """A fresh checkpoint folder, then a switch by rename (as viscnn.prep.scoring._save_partial)."""
-    import shutil
+    from viscnn.prep.checkpoint import save_checkpoint
 
-    gen = part.parent / (part.name + ".next")
-    shutil.rmtree(gen, ignore_errors=True)
-    for m, e in sums.items():
-        atomic_save_npy(gen / f"{m}.all_edges.npy", e)
-    atomic_save_npy(gen / "counts.npy", counts)
-    if top is not None:
-        top.save(gen, prefix="exemplars.")
-    atomic_write_text(gen / "cursor.json", json.dumps({"key": key, "done": [int(c) for c in done], "metrics": list(sums),
-                                                       "shape": [len(counts), len(next(iter(sums.values())))]}))
-    old = part.parent / (part.name + ".old")
-    if part.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        part.rename(old)
-    gen.rename(part)
-    shutil.rmtree(old, ignore_errors=True)
+    arrays = {f"{m}.all_edges": e for m, e in sums.items()}
+    arrays["counts"] = counts
+    save_checkpoint(part, arrays, {"key": key, "done": [int(c) for c in done], "metrics": list(sums),
+                                   "shape": [len(counts), len(next(iter(sums.values())))]}, top)
 
 
 def _all_reduce(sums, counts):
-    import torch.distributed as dist
+    from viscnn.prep.checkpoint import all_reduce
 
-    out = {}
-    for m, e in sums.items():
-        t = torch.from_numpy(e)
-        dist.all_reduce(t)
-        out[m] = t.numpy()
-    tc = torch.from_numpy(counts)
-    dist.all_reduce(tc)
-    return out, tc.numpy()
+    out = all_reduce({"counts": counts, **{f"{m}.all_edges": e for m, e in sums.items()}})
+    return {m: out[f"{m}.all_edges"] for m in sums}, out["counts"]

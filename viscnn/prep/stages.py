@@ -23,7 +23,7 @@ STAGE_INPUTS = {
     "graph": ("model", "preprocess"),
     "kernels": ("model",),
     "scores": ("model", "data", "preprocess", "run.metrics", "run.class_scores", "run.sparse_scores", "run.sparse_mass",
-               "run.sparse_min_per_layer", "run.sparse_max_fraction"),
+               "run.sparse_min_per_layer", "run.sparse_max_fraction", "run.class_kernel_score"),
     "layouts": ("model", "data", "preprocess", "run.metrics", "run.seed"),
     "featurevis": ("model", "preprocess", "featurevis", "run.seed", "data"),
     "exemplars": ("model", "data", "preprocess", "exemplars"),
@@ -83,7 +83,16 @@ def outputs_exist(ctx: Context, stage: str) -> bool:
     if stage == "scores":  # a prep from before the own-class scores lacks their files: scores are redone
         from viscnn.prep.own_class import class_score_metrics
 
-        if ctx.manifest.data.get("scores_layout") == "sparse":
+        from viscnn.prep.scoring_sparse import kernel_score, sparse_params
+
+        sparse = ctx.manifest.data.get("scores_layout") == "sparse"
+        # what a newer default ("auto" criterion, sparse cap) means for this folder: redo if it differs from
+        # what was stored (a folder from before run.class_kernel_score was scored per image)
+        if ctx.manifest.data.get("class_kernel_score", "per_image") != kernel_score(ctx.cfg, sparse):
+            return False
+        if sparse and ctx.manifest.data.get("sparse") != sparse_params(ctx.cfg):
+            return False
+        if sparse:
             from viscnn.importance.sparse_scores import group_files
 
             want = [(m, f) for m in ctx.cfg["run"]["metrics"] for f in SPARSE_FILES + tuple(group_files("edges"))]
@@ -163,8 +172,10 @@ def stage_scores_dense(ctx: Context):
 
         remove_files(ctx, sparse=True)  # a previous sparse prep's files
     own_info = {"metrics": stored, "images": [int(c) for c in counts[:len(ctx.data.classes)]]} if stored else None
+    from viscnn.prep.scoring_sparse import kernel_score
+
     return {"image_counts": [int(c) for c in counts], "score_ranks": ctx.world, "class_scores": own_info,
-            "scores_layout": "dense", "sparse": None}
+            "scores_layout": "dense", "sparse": None, "class_kernel_score": kernel_score(ctx.cfg, sparse=False)}
 
 
 # -- layouts ---------------------------------------------------------------------------
