@@ -142,6 +142,11 @@ def main() -> int:
     a = ap.parse_args()
     import torch
 
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"--device {a.device}: CUDA is not available here (torch.cuda.is_available() is False; torch "
+              f"{torch.__version__}, built for CUDA {torch.version.cuda})", file=sys.stderr)
+        return 2
+
     from viscnn.prep import load_config
     from viscnn.prep.pipeline import run_prep
     from viscnn.prepped import PreppedModel
