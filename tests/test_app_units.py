@@ -335,3 +335,19 @@ def test_class_labels_apart_on_screen():
     gap = 0.07 * graph3d.ASPECT["z"] * up[1]
     assert np.min(np.diff(np.sort(v))) >= gap * 0.99  # z is rounded to 3 decimals
     assert [a["x"] for a in ann] == [float(x) for x in pos[sl, 0]] and [a["y"] for a in ann] == [float(y) for y in pos[sl, 1]]
+
+
+def test_big_graphs_draw_nodes_as_one_marker_trace(graph, monkeypatch):
+    """Above CROSS_MAX_NODES drawn nodes, one point per node (the threshold payload stays small)."""
+    rng = np.random.default_rng(4)
+    pos = graph3d.node_positions(graph, rng.normal(size=(graph.num_nodes, 2)))
+    args = (graph, pos, [0, 3, 5], np.array([1, 4, 9]), rng.random(graph.num_nodes), rng.random(graph.num_edges))
+    small = graph3d.nodes_of(graph3d.graph_figure(*args))
+    monkeypatch.setattr(graph3d, "CROSS_MAX_NODES", 2)
+    fig = graph3d.graph_figure(*args)
+    nodes = [t for t in fig["data"] if t["name"] == "nodes"]
+    assert len(nodes) == 1 and nodes[0]["mode"] == "markers" and nodes[0]["customdata"] == list(range(graph.num_nodes))
+    big = graph3d.nodes_of(fig)
+    assert sorted(big) == sorted(small)
+    assert all(big[n][1:] == small[n][1:] for n in big)  # the same colours and hover either way
+    assert graph3d.count_drawn(fig) == 3

@@ -200,6 +200,9 @@ def edge_ends(graph, edges: np.ndarray) -> np.ndarray:
 NODE_WIDTHS = ((4.5, 3.5), (8.0, 6.0), (11.0, 9.0), (16.0, 12.0), (99.0, 16.0))  # (marker size below, px width)
 NODE_PX_PER_UNIT = 340.0  # screen pixels per normalised scene unit at the default camera (the app's panel)
 NODE_PTS = 6  # points per drawn node: a segment along x and one along z, each with a gap after it
+# more drawn nodes than this: one marker trace (6 points per node with their hover and colour would put
+# ~0.5 kB per node in every threshold change; the first paint that crosses save matters on small graphs)
+CROSS_MAX_NODES = 800
 
 
 def node_traces(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_scores: np.ndarray,
@@ -236,6 +239,18 @@ def node_traces(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_score
     rgb = colors.diverging_rgb(np.where(c >= 0, 1, -1) * np.maximum(np.abs(c), 0.25))  # one vectorised call
     css = np.array([f"rgb({r},{g},{b})" if inc[i] else colors.INACTIVE for i, (r, g, b) in zip(d.tolist(), rgb.tolist())],
                    dtype=object)
+    hover = []
+    for i in d.tolist():
+        lay = graph.layers[int(graph.node_layer[i])]
+        where = f"rank {rank[i]} of {len(cn)} circuit nodes" if inc[i] else "not in the circuit"
+        hover.append(f"{text[i]}<br>{lay.kind} layer {lay.name}<br>score {raw[i]:.4g} · {where}")
+    if len(d) > CROSS_MAX_NODES:  # a big graph: one point per node keeps the payload of a threshold change small
+        return [{"type": "scatter3d", "mode": "markers", "name": "nodes", "x": _r(pos[d, 0]), "y": _r(pos[d, 1]),
+                 "z": _r(pos[d, 2]), "customdata": d.tolist(), "text": hover,
+                 "marker": {"size": np.round(size[d], 1).tolist(), "color": css.tolist(), "line": {"width": 0},
+                            "opacity": 0.95},
+                 "hovertemplate": "%{text}<extra></extra>", "showlegend": False}]
+    hover = np.array(hover, dtype=object)
     rng = rng or scene_ranges(pos)
     per_px = np.array([(rng[a][1] - rng[a][0]) / ASPECT[a] / NODE_PX_PER_UNIT for a in "xyz"])  # data units per px
     width_of = np.array([w for _, w in NODE_WIDTHS])
@@ -253,12 +268,7 @@ def node_traces(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_score
         xyz = xyz.reshape(-1, 3)
         cd = np.repeat(dd, NODE_PTS).astype(object)
         cd[2::3] = None  # the gap after each segment
-        hover = []
-        for i in dd.tolist():
-            lay = graph.layers[int(graph.node_layer[i])]
-            where = f"rank {rank[i]} of {len(cn)} circuit nodes" if inc[i] else "not in the circuit"
-            hover.append(f"{text[i]}<br>{lay.kind} layer {lay.name}<br>score {raw[i]:.4g} · {where}")
-        tx = np.repeat(np.array(hover, dtype=object), NODE_PTS)
+        tx = np.repeat(hover[m], NODE_PTS)
         tx[2::3] = ""
         traces.append({
             "type": "scatter3d", "mode": "lines", "name": "nodes", "x": _r(xyz[:, 0]), "y": _r(xyz[:, 1]),
@@ -274,6 +284,10 @@ def nodes_of(fig: dict) -> Dict[int, Tuple[float, str, str]]:
     out = {}
     for t in fig["data"]:
         if t.get("name") != "nodes":
+            continue
+        if t["mode"] == "markers":  # a big graph's nodes (CROSS_MAX_NODES)
+            for j, n in enumerate(t["customdata"]):
+                out[int(n)] = (t["marker"]["size"][j], t["marker"]["color"][j], t["text"][j])
             continue
         for j in range(0, len(t["customdata"]), NODE_PTS):
             out[int(t["customdata"][j])] = (t["line"]["width"], t["line"]["color"][j], t["text"][j])
