@@ -10,10 +10,11 @@ VIEW = "circuit"
 
 def register(app, actx) -> None:
     from viscnn.app import callbacks_graph, callbacks_panels, callbacks_snapshot
-    from viscnn.app.views.circuit import faithfulness, method
+    from viscnn.app.views.circuit import faithfulness, method, set_ablation
 
     callbacks_graph.register(app, actx)
     callbacks_panels.register(app, actx)
     callbacks_snapshot.register(app, actx)
     faithfulness.register(app, actx)
     method.register(app, actx)
+    set_ablation.register(app, actx)

@@ -11,6 +11,7 @@ from viscnn.app.state import MODES
 from viscnn.app.shell.layout import control, export_buttons, graph_config
 from viscnn.app.viewparams import Param
 from viscnn.app.views.circuit import method as M
+from viscnn.app.views.circuit import set_ablation as SA
 
 # the Circuit view's own URL key (the shell owns target, set, metric, threshold...)
 PARAMS = [Param("n", "nimages", "value", DEFAULT_COUNT, kind="choice", choices=COUNTS),
@@ -156,6 +157,7 @@ def layout(models) -> html.Div:
                                     "and rerun the model on the input image: what the circuit alone makes of it"),
                   html.Button("Clear ablations", id="ablate-clear")], className="row"),
         html.Div(id="ablate-info", className="info"),
+        html.Div(SA.controls(), className="row ablate-set"),  # the ablations over the image set (set_ablation.py)
         html.Div(id="panel", className="panel"),
     ], className="right")
 
