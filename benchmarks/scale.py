@@ -1,7 +1,7 @@
 """Scale benchmark (issue 16): a random torchvision ResNet-50 over 1,000 classes, prepped and served.
 
   .venv/bin/python benchmarks/scale.py [--classes 1000] [--per-class 2] [--size 64] [--batch 16]
-                                       [--device cpu|cuda] [--out DIR] [--keep]
+                                       [--device cpu|cuda] [--out DIR] [--keep] [--scoring-only] [--profile F]
 
 1. Data: a folder with one subfolder per class, ``--per-class`` generated PNGs each at ``--size`` px.
    Class c is a sinusoidal grating with its own orientation, frequency and two colours (drawn from a
@@ -139,6 +139,9 @@ def main() -> int:
     ap.add_argument("--out", default="", help="work folder (default: a temp folder, removed unless --keep)")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--json", default="")
+    ap.add_argument("--scoring-only", action="store_true",
+                    help="only the scoring stage (recomputed; graph and kernels reused from --out) and its ratios")
+    ap.add_argument("--profile", default="", help="write a cProfile of the scoring stage to this file")
     a = ap.parse_args()
     import torch
 
@@ -165,11 +168,23 @@ def main() -> int:
                                   mean=json.dumps(MEAN), std=json.dumps(STD), batch=a.batch, device=a.device))
     models = work / "models"
     times = {}
-    for stages in (["graph", "kernels"], ["scores"], ["layouts", "images"]):
+    if a.scoring_only:
+        shutil.rmtree(models / "resnet50" / "scores", ignore_errors=True)  # recomputed, not resumed
+    groups = (["graph", "kernels"], ["scores"]) if a.scoring_only else (["graph", "kernels"], ["scores"], ["layouts", "images"])
+    for stages in groups:
         cfg = load_config(cfgp, {"run.stages": stages})
+        prof = None
+        if a.profile and stages == ["scores"]:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
         t = time.perf_counter()
         run_prep(cfg, models, log=lambda *m: None)
         times["+".join(stages)] = time.perf_counter() - t
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(a.profile)
         print(f"prep {'+'.join(stages)}: {times['+'.join(stages)]:.1f} s", flush=True)
     pm = PreppedModel.open("resnet50", models)
     n_img = sum(pm.manifest["image_counts"][:-1])
@@ -186,6 +201,10 @@ def main() -> int:
     print(f"scoring stage: {score_rate:.1f} img/s = {score_rate / fb1:.2f}x a plain forward+backward ({fb1:.1f} img/s; goal 0.7x), "
           f"{score_rate / fb2:.2f}x a forward + 2 backwards ({fb2:.1f} img/s; the pass backpropagates the loss and the own-class logit)")
     print(f"prepped folder: {size / 1e9:.2f} GB (goal <= 5 GB)", flush=True)
+    if a.scoring_only:
+        if a.json:
+            Path(a.json).write_text(json.dumps(res, indent=1, default=float))
+        return 0
     rows = threshold_changes(models, "resnet50", pm.classes[min(7, len(pm.classes) - 1)])
     res["threshold"] = rows
     for r in rows:

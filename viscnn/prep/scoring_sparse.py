@@ -190,8 +190,7 @@ def _batch_step(graph, scorer, own, x, y, p, pc, todo, positions, active, pool, 
     class) is finished here layer by layer: its row is sparsified as each layer's sums come out (the
     same rows as :func:`sparsify` on the whole row) and saved, its share of the ``all`` sums added, and it
     needs no [E] buffer. A class spanning batches accumulates float64 sums in ``active`` as before."""
-    from viscnn.importance.scorer import batch_set_score
-    from viscnn.importance.sparse_scores import RowParts, save_row
+    from viscnn.importance.sparse_scores import RowParts, add_rows, save_row
 
     groups, whole = [], []
     for c in todo:
@@ -204,6 +203,8 @@ def _batch_step(graph, scorer, own, x, y, p, pc, todo, positions, active, pool, 
             active[c] = ({k: np.zeros(N) for k in keys}, {} if w else {k: pool.take() for k in keys})
     parts = {(c, k): RowParts() for c, w in zip(todo, whole) if w for k in keys}
     wr = [r for r, w in enumerate(whole) if w]
+    div = np.asarray([max(len(positions[todo[r]]), 1) for r in wr], np.float64)[:, None]
+    scratch = pool.scratch
     for sc, prefix in ((scorer, ""), (own, OWN)):
         if sc is None:
             continue
@@ -218,11 +219,19 @@ def _batch_step(graph, scorer, own, x, y, p, pc, todo, positions, active, pool, 
                     active[c][0][k][nsl] += nn_[r]
                     if not whole[r] and en.shape[1]:
                         active[c][1][k][esl] += en[r]
-                for r in wr:  # the finished classes: their share of the "all" sums (class by class, in a fixed
-                    c = todo[r]  # order, so a resumed run adds the same terms in the same order), their rows
-                    if not prefix and en.shape[1]:
-                        all_sums[k][esl] += np.abs(en[r]) if m == "taylor" else en[r]
-                    parts[(c, k)].add(l.edge_offset, batch_set_score(m, en[r], len(positions[c])), **params)
+                if not wr:
+                    continue
+                # the finished classes' rows, as batch_set_score makes them (|total| / count for taylor),
+                # in float64 and rounded once to float32; their share of the "all" sums added class by
+                # class in a fixed order (a resumed run adds the same terms in the same order)
+                t = en if len(wr) == len(todo) else en[wr]
+                if m == "taylor":
+                    t = np.abs(t, out=scratch.get("abs", t.shape, t.dtype))  # float64 (or float32) as the scorer gives
+                if not prefix:
+                    for i in range(len(wr)):
+                        all_sums[k][esl] += t[i]
+                seg = np.divide(t, div, out=scratch.get("seg", t.shape, np.float32), casting="same_kind")
+                add_rows([parts[(todo[r], k)] for r in wr], l.edge_offset, seg, **params, nonneg=m == "taylor")
     for r in wr:
         c = todo[r]
         n = len(positions[c])
@@ -238,6 +247,7 @@ class _Buffers:
 
     def __init__(self, size: int):
         self.size, self.free = size, []
+        self.scratch = _Scratch()
 
     def take(self) -> np.ndarray:
         if self.free:
@@ -248,6 +258,20 @@ class _Buffers:
 
     def give(self, a: np.ndarray) -> None:
         self.free.append(a)
+
+
+class _Scratch:
+    """Reused buffers for one layer's rows at a time (same reason as :class:`_Buffers`)."""
+
+    def __init__(self):
+        self.bufs: Dict[tuple, np.ndarray] = {}
+
+    def get(self, name: str, shape, dtype) -> np.ndarray:
+        n = int(np.prod(shape))
+        buf = self.bufs.get((name, np.dtype(dtype)))
+        if buf is None or buf.shape[0] < n:
+            buf = self.bufs[(name, np.dtype(dtype))] = np.empty(n, dtype)
+        return buf[:n].reshape(shape)
 
 
 def _load(part: Path, key: str, metrics: List[str], n_sets: int, E: int, k_ex: int, conv_channels):
