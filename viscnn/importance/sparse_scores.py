@@ -86,14 +86,30 @@ class RowParts:
 
 
 def add_rows(parts: Sequence[RowParts], offset: int, segs: np.ndarray, mass: float, min_per_layer: int,
-             max_fraction: float, nonneg: bool = False) -> None:
+             max_fraction: float, nonneg: bool = False, divisors=None, during=None) -> None:
     """``parts[r].add(offset, segs[r], ...)`` for every row, on a small thread pool: numpy releases the GIL
-    in the passes over a row, and between two layers' scores the scoring pass leaves the cores idle."""
-    if len(parts) < 2:
-        for p, seg in zip(parts, segs):
-            p.add(offset, seg, mass, min_per_layer, max_fraction, nonneg)
-        return
-    list(_pool().map(lambda r: parts[r].add(offset, segs[r], mass, min_per_layer, max_fraction, nonneg), range(len(parts))))
+    in the passes over a row, and between two layers' scores the scoring pass leaves the cores idle.
+
+    ``divisors`` [R]: row r is first ``segs[r] / divisors[r]`` rounded once to float32 (any input dtype;
+    with ``nonneg``, its |.|: ``batch_set_score``'s |total| / count, as |x / n| = |x| / n exactly), made
+    by the worker into its own buffer, so no [R, n] float32 copy is assembled. ``during()`` runs on the
+    calling thread while the workers run."""
+    def one(r):
+        seg = segs[r]
+        if divisors is not None:
+            seg = np.divide(seg, divisors[r], out=_scratch("seg", seg.shape[0], np.float32), casting="same_kind")
+            if nonneg:
+                np.abs(seg, out=seg)
+        parts[r].add(offset, seg, mass, min_per_layer, max_fraction, nonneg)
+
+    jobs = [_pool().submit(one, r) for r in range(len(parts))] if len(parts) > 1 else []
+    if during is not None:
+        during()
+    if not jobs:
+        for r in range(len(parts)):
+            one(r)
+    for j in jobs:
+        j.result()
 
 
 _POOL = None

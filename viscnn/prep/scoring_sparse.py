@@ -203,7 +203,7 @@ def _batch_step(graph, scorer, own, x, y, p, pc, todo, positions, active, pool, 
             active[c] = ({k: np.zeros(N) for k in keys}, {} if w else {k: pool.take() for k in keys})
     parts = {(c, k): RowParts() for c, w in zip(todo, whole) if w for k in keys}
     wr = [r for r, w in enumerate(whole) if w]
-    div = np.asarray([max(len(positions[todo[r]]), 1) for r in wr], np.float64)[:, None]
+    div = [float(max(len(positions[todo[r]]), 1)) for r in wr]
     scratch = pool.scratch
     for sc, prefix in ((scorer, ""), (own, OWN)):
         if sc is None:
@@ -222,16 +222,15 @@ def _batch_step(graph, scorer, own, x, y, p, pc, todo, positions, active, pool, 
                 if not wr:
                     continue
                 # the finished classes' rows, as batch_set_score makes them (|total| / count for taylor),
-                # in float64 and rounded once to float32; their share of the "all" sums added class by
-                # class in a fixed order (a resumed run adds the same terms in the same order)
-                t = en if len(wr) == len(todo) else en[wr]
-                if m == "taylor":
-                    t = np.abs(t, out=scratch.get("abs", t.shape, t.dtype))  # float64 (or float32) as the scorer gives
-                if not prefix:
+                # rounded once to float32, sparsified on the pool; meanwhile their share of the "all" sums,
+                # added class by class in a fixed order (a resumed run adds the same terms in the same order)
+                rows = en if len(wr) == len(todo) else en[wr]
+
+                def add_all(rows=rows, k=k, m=m, esl=esl):
                     for i in range(len(wr)):
-                        all_sums[k][esl] += t[i]
-                seg = np.divide(t, div, out=scratch.get("seg", t.shape, np.float32), casting="same_kind")
-                add_rows([parts[(todo[r], k)] for r in wr], l.edge_offset, seg, **params, nonneg=m == "taylor")
+                        all_sums[k][esl] += np.abs(rows[i], out=scratch.get("abs", rows[i].shape, rows.dtype)) if m == "taylor" else rows[i]
+                add_rows([parts[(todo[r], k)] for r in wr], l.edge_offset, rows, **params, nonneg=m == "taylor",
+                         divisors=div, during=None if prefix else add_all)
     for r in wr:
         c = todo[r]
         n = len(positions[c])
