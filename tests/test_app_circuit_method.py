@@ -122,3 +122,21 @@ def test_derived_copies_carry_the_method(fmnist):
     assert derive(dict(s, ablate=["outside"]), "panel-state")["method"] == "learned"
     assert "method" not in derive(s, "run-state")  # the scores do not depend on it
     assert M.derive(s)["method"] == "learned"
+
+
+def test_running_line_has_no_nested_list(fmnist, monkeypatch):
+    """React cannot render a list inside a list of children (error #31): the method line vanished from
+    the page while a job ran. Every child of the running line must be one component or a string."""
+    from types import SimpleNamespace
+
+    from dash.development.base_component import Component
+
+    from viscnn.app.shell.layout import progress_line
+
+    actx, name = fmnist
+    s = dict(actx.defaults(name), target="class:Trouser", set="Trouser", n="64", method="learned", keep=0.05)
+    running = SimpleNamespace(finished=False, error=None, done=21, total=200)
+    monkeypatch.setattr(actx.jobs, "get", lambda key: running)
+    line, poll_off, _ = M.method_outputs(actx, s, progress_line)
+    assert not poll_off and all(isinstance(c, (Component, str)) for c in line)
+    assert "21/200" in str(line) and "finding the learned circuit" in str(line)

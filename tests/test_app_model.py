@@ -403,3 +403,7 @@ def test_images_per_set_is_greyed_for_precomputed_scores(actx, pm):
     assert "unused" in pre["nimages"]["className"] and "precomputed" in pre["nimages-note"]["children"]
     ran = _count_props(pm, SimpleNamespace(run_key="k", query=queries.Query("class:0", "all", "taylor")))
     assert ran == {"nimages-note": {"children": ""}, "nimages": {"className": "radio-compact"}}
+    meth = _count_props(pm, SimpleNamespace(run_key=None, query=queries.Query("loss", "all", "taylor"),
+                                            run_info={"method": {"method": "learned"}}))
+    assert "unused" not in meth["nimages"]["className"]
+    assert meth["nimages-note"]["children"].startswith("used by the learned circuit; scores precomputed")

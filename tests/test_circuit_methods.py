@@ -229,3 +229,25 @@ def test_learned_with_mean_ablation_returns_the_size(setup):
     c = find_circuit(m, g, t, lambda: [(x, None)], "learned", keep=0.4, steps=15, ablation="mean", means=means)
     assert c.settings["ablation"] == "mean" and c.settings["conv_kernels"] == size_of(g, 0.4)
     assert np.isfinite(c.settings["train_loss"]) and c.settings["train_loss"] >= 0
+
+
+def test_default_method_follows_the_size_rule(setup):
+    """keep -> the learned method (the measured best); mass/min_score -> taylor thresholds."""
+    m, g, x, t = setup
+    assert find_circuit(m, g, t, lambda: [(x, None)], keep=0.4, steps=5).settings["method"] == "learned"
+    assert find_circuit(m, g, t, lambda: [(x, None)], mass=0.9).settings["method"] == "taylor"
+
+
+def test_learned_minibatches_are_seeded_and_cover_the_whole_set_when_large(setup):
+    """batch >= the set is the full-set fit; the random minibatches are reproducible from the seed."""
+    from viscnn.importance.learned import learn_mask
+
+    m, g, x, t = setup
+    n = size_of(g, 0.4)
+    run = lambda **kw: learn_mask(m, g, t, lambda: [(x, None)], n, steps=12, **kw)  # noqa: E731
+    full, big = run(batch=0), run(batch=len(x) + 5)
+    assert np.array_equal(full[0], big[0]) and full[1]["train_loss"] == big[1]["train_loss"]
+    a, b = run(batch=len(x) // 3, seed=1), run(batch=len(x) // 3, seed=1)
+    assert np.array_equal(a[0], b[0]) and a[1]["train_loss"] == b[1]["train_loss"]
+    with pytest.raises(ViscnnError, match="batch >= 0"):
+        run(batch=-1)

@@ -153,11 +153,13 @@ def _count_props(pm, r) -> Dict[str, dict]:
     if r.run_key:
         return {"nimages-note": {"children": ""}, "nimages": {"className": "radio-compact"}}
     own = queries.own_class(pm, r.query)
-    if own is not None:
-        note = f"not used: precomputed on all {pm.class_image_count(own):,}"
-    else:
-        note = "not used: precomputed on the whole set"
-    return {"nimages-note": {"children": note}, "nimages": {"className": "radio-compact unused"}}
+    every = f"all {pm.class_image_count(own):,}" if own is not None else "the whole set"
+    method = (getattr(r, "run_info", None) or {}).get("method")
+    if method:  # an iterative/learned circuit is found on that many images; only the scores are precomputed
+        return {"nimages-note": {"children": f"used by the {method['method']} circuit; scores precomputed on {every}"},
+                "nimages": {"className": "radio-compact"}}
+    return {"nimages-note": {"children": f"not used: precomputed on {every}"},
+            "nimages": {"className": "radio-compact unused"}}
 
 
 def _node_lod(g, circ, node_scores, drawn, sel_node) -> str:

@@ -12,6 +12,8 @@ Faithfulness is measured on ``--measure-images``, by default the images right af
 
 from __future__ import annotations
 
+import sys
+
 import json
 
 
@@ -100,7 +102,8 @@ def run(args) -> int:
 
         means = layer_input_means(model, graph, batches(), args.device)
     circuit = find_circuit(model, graph, target, batches, method, means=means, keep=keep, mass=args.mass, min_score=args.min_score,
-                           metric=args.metric, ablation=args.ablation, step=args.step, device=args.device)
+                           metric=args.metric, ablation=args.ablation, step=args.step, device=args.device,
+                           progress=None if method == "taylor" else (lambda msg: print(msg, file=sys.stderr, flush=True)))
     mspec = args.measure_images or heldout_spec(args.images)
     msrc = open_images(mspec, shape) if mspec else src
     circuit.settings.update({"metric": args.metric, "target": str(target), "images": args.images, "model": args.model,
@@ -115,8 +118,6 @@ def run(args) -> int:
           f"{len(circuit.nodes)} nodes, {len(circuit.edges)} of {graph.num_edges} kernels "
           f"({100 * len(circuit.edges) / max(graph.num_edges, 1):.2f}%)")
     if not len(circuit.edges):
-        import sys
-
         hint = ""
         if method == "taylor":
             from viscnn.importance.accumulate import compute_scores

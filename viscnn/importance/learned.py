@@ -35,6 +35,8 @@ from viscnn.model_copy import working_copy
 
 SHRINK_FRACTION = 0.6   # share of the steps over which the mask's size goes from all kernels to n
 ANNEAL_FRACTION = 0.9   # share of the steps over which the temperature falls to its final value
+BATCH = 64              # images per step: ~4x faster than all 200, and its noise generalised better
+                        # (held-out Pearson and relative error, docs/circuit_methods.md)
 
 
 def _shift(theta: torch.Tensor, goal: float, temperature: float) -> float:
@@ -64,13 +66,17 @@ def rank_logits(scores: np.ndarray) -> np.ndarray:
 def learn_mask(model: nn.Module, graph: Graph, target: Target, batches_fn, n: int, *, steps: int = 200,
                lr: float = 0.1, final_temperature: float = 0.05, ablation: str = "zero",
                means: Optional[LayerMeans] = None, device=None, init_scores: Optional[np.ndarray] = None,
-               progress: Optional[Callable[[str], None]] = None) -> Tuple[np.ndarray, dict]:
-    """(bool [E] live conv kernels, settings) of the learned mask with ``n`` conv kernels."""
+               progress: Optional[Callable[[str], None]] = None, batch: int = BATCH,
+               seed: int = 0) -> Tuple[np.ndarray, dict]:
+    """(bool [E] live conv kernels, settings) of the learned mask with ``n`` conv kernels.
+
+    Each step fits a random ``batch`` of the scoring images (all of them if ``batch`` is 0 or
+    larger than the set; the draws are seeded by ``seed``)."""
     from viscnn.importance.methods import conv_edges, edge_scores, fixed_edges, select_connected
 
-    if steps < 1 or not 0 < final_temperature <= 1 or lr <= 0:
-        raise ViscnnError(f"learned method: need steps >= 1, lr > 0, 0 < final_temperature <= 1 "
-                          f"(got {steps}, {lr}, {final_temperature})")
+    if steps < 1 or not 0 < final_temperature <= 1 or lr <= 0 or batch < 0:
+        raise ViscnnError(f"learned method: need steps >= 1, lr > 0, 0 < final_temperature <= 1, batch >= 0 "
+                          f"(got {steps}, {lr}, {final_temperature}, {batch})")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     m = working_copy(model).to(device)
     mods = layer_modules(m, graph)
@@ -103,6 +109,10 @@ def learn_mask(model: nn.Module, graph: Graph, target: Target, batches_fn, n: in
         W0 = {l.name: mod.weight.detach() for l, mod, _ in convs}
         opt = torch.optim.Adam([theta], lr=lr)
 
+        X, F = torch.cat([x for x, _ in data]), torch.cat(full)
+        Y = None if any(y is None for _, y in data) else torch.cat([y for _, y in data])
+        gen = torch.Generator().manual_seed(seed)
+
         def fit(mask: torch.Tensor) -> torch.Tensor:
             params = {}
             for (l, mod, pn), a, b in zip(convs, offs[:-1], offs[1:]):
@@ -110,11 +120,11 @@ def learn_mask(model: nn.Module, graph: Graph, target: Target, batches_fn, n: in
                 params[pn] = W0[l.name] * mk
                 if ablation == "mean":
                     bias[l.name] = conv_mean_map(mod, means[l.name].to(device), W0[l.name] * (1 - mk))
-            loss = 0.0
-            for (x, y), f in zip(data, full):
-                v = target.evaluate(model_logits(functional_call(m, params, (x,))), outputs, y)
-                loss = loss + ((v - f) ** 2).sum()
-            return loss / count / scale
+            idx = torch.randperm(count, generator=gen)[:batch].to(device) if 0 < batch < count else None
+            x, f = (X, F) if idx is None else (X[idx], F[idx])
+            y = None if Y is None or idx is None else Y[idx]
+            v = target.evaluate(model_logits(functional_call(m, params, (x,))), outputs, Y if idx is None else y)
+            return ((v - f) ** 2).mean() / scale
 
         for it in range(steps):
             goal, temp = schedule(it, steps, len(cidx), n, final_temperature)
@@ -131,5 +141,5 @@ def learn_mask(model: nn.Module, graph: Graph, target: Target, batches_fn, n: in
     s = np.zeros(graph.num_edges)
     s[cidx] = theta.detach().cpu().numpy().astype(np.float64)   # the logits' order
     live = select_connected(graph, s, conv, n, fixed, sinks)
-    return live, {"steps": steps, "lr": lr, "final_temperature": final_temperature,
-                  "train_loss": float(loss.detach())}
+    return live, {"steps": steps, "lr": lr, "final_temperature": final_temperature, "batch": batch,
+                  "seed": seed, "train_loss": float(loss.detach())}

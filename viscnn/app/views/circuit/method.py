@@ -242,5 +242,8 @@ def method_outputs(actx, s: Optional[dict], progress_line=None, polled: bool = F
         return [html.Span(f"{method_of(s)} circuit failed: {job.error}", className="warn"), note], True, \
             dict(ready, error=f"{method_of(s)} circuit failed: {job.error}")
     what = f"finding the {method_of(s)} circuit (keep {keep_of(s):g} of the conv kernels)"
-    line = progress_line(job.done, job.total, what) if progress_line else f"{what}: {job.done}/{job.total}"
+    # progress_line gives a list: nested in another list, React cannot render it (error #31) and the
+    # whole method line vanished from the page, so it goes in a Span
+    line = html.Span(progress_line(job.done, job.total, what) if progress_line else f"{what}: {job.done}/{job.total}",
+                     id="method-progress")
     return [line, note], False, no_update
