@@ -11,7 +11,7 @@ finding the circuit (goal <= 30 s per class on 2 CPU cores); then a faithfulness
 per method (mean Pearson and
 relative error over the classes). Sizes count conv kernels; class-layer edges into the class are
 free (see viscnn/importance/methods.py). Usage:
-``python benchmarks/circuits.py [--methods taylor,iterative,learned] [--ablation zero|mean] [--threads 2]``.
+``python benchmarks/circuits.py [--methods taylor,iterative,learned] [--ablation zero|mean] [--threads 2] [--device cuda]``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _other_batches(k: int, shape, norm, per_class: int = 50):
             yield from open_images(f"fmnist:test:{c}:{per_class}", shape).batches(per_class, shape, norm)
 
 
-def run(methods, ablation: str, n_random: int, curve_classes, step: float, only=None) -> dict:
+def run(methods, ablation: str, n_random: int, curve_classes, step: float, only=None, device: str = "cpu") -> dict:
     import numpy as np
 
     from viscnn.data import open_images
@@ -51,6 +51,7 @@ def run(methods, ablation: str, n_random: int, curve_classes, step: float, only=
     from viscnn.data.fashion_mnist import CLASSES as classes
 
     model, graph, _, norm, shape = _setup()
+    model = model.to(device)
     rows, curves = [], {m: [] for m in methods}
     for k, name in enumerate(classes):
         if only is not None and k not in only:
@@ -60,13 +61,15 @@ def run(methods, ablation: str, n_random: int, curve_classes, step: float, only=
         meas_src = open_images(f"fmnist:test:{k}:200:200", shape)
         sb = lambda: score_src.batches(200, shape, norm)
         mb = lambda: meas_src.batches(200, shape, norm)
-        means = layer_input_means(model, graph, sb()) if ablation == "mean" else None
+        means = layer_input_means(model, graph, sb(), device) if ablation == "mean" else None
         for method in methods:
             t0 = time.perf_counter()
-            c = find_circuit(model, graph, target, sb, method, keep=0.05, ablation=ablation, means=means, step=step)
+            c = find_circuit(model, graph, target, sb, method, keep=0.05, ablation=ablation, means=means, step=step,
+                             device=device)
+            _sync(device)
             dt = time.perf_counter() - t0
             rep = faithfulness(model, graph, target, c, mb(), n_random=n_random, ablation=ablation, means=means,
-                               other_batches=_other_batches(k, shape, norm))
+                               other_batches=_other_batches(k, shape, norm), device=device)
             rows.append({**rep.get("predictions", {}), "class": name, "method": method, "seconds": dt, "kernels": c.settings["conv_kernels"],
                          "edges": len(c.edges), **{f: rep["circuit"][f] for f in ("pearson", "relative_error")},
                          "random_best_pearson": rep["random"]["pearson_best"],
@@ -74,12 +77,20 @@ def run(methods, ablation: str, n_random: int, curve_classes, step: float, only=
             if k in curve_classes:
                 pts = []
                 for cc in circuits_by_size(model, graph, target, sb, method, CURVE_SIZES, ablation=ablation, means=means,
-                                           step=step):
-                    r = faithfulness(model, graph, target, cc, mb(), n_random=0, ablation=ablation, means=means)
+                                           step=step, device=device):
+                    r = faithfulness(model, graph, target, cc, mb(), n_random=0, ablation=ablation, means=means,
+                                     device=device)
                     pts.append((r["circuit"]["pearson"], r["circuit"]["relative_error"]))
                 curves[method].append(pts)
             print(_row(rows[-1]), flush=True)
     return {"rows": rows, "curves": curves, "sizes": list(CURVE_SIZES)}
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def _f(v, w=6, p=3):
@@ -117,6 +128,7 @@ def main() -> None:
     ap.add_argument("--curve-classes", default="0-9", help="classes with a size curve: 0-9, 1,7, or none")
     ap.add_argument("--step", type=float, default=0.2, help="iterative: fraction removed per round")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where circuits are found and measured")
     ap.add_argument("--classes", default="0-9", help="class targets: 0-9 or 1,7")
     args = ap.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -124,14 +136,16 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.exit(2, f"--device {args.device}: CUDA is not available on this machine\n")
     curve_classes, only = _classes(args.curve_classes), _classes(args.classes)
     methods = args.methods.split(",")
     print(f"circuits with 5% of the conv kernels, found on fmnist:test:K:200, measured on fmnist:test:K:200:200 "
-          f"(ablation {args.ablation}, best of {args.random} random circuits, {args.threads} threads)")
+          f"(ablation {args.ablation}, best of {args.random} random circuits, {args.threads} threads, {args.device})")
     print("pear/rel: circuit vs full logit (goal >= 0.9 / <= 0.2); rndP/rndRel: best random; acc: accuracy on the "
           "class's images (F full, C circuit with the class layer whole); fp: other images called the class")
     print(HEADER)
-    res = run(methods, args.ablation, args.random, curve_classes, args.step, only)
+    res = run(methods, args.ablation, args.random, curve_classes, args.step, only, args.device)
     print("\nsummary")
     for m in methods:
         rs = [r for r in res["rows"] if r["method"] == m]

@@ -1,7 +1,7 @@
 """Prep of the default model over all 60k Fashion-MNIST training images vs one training epoch.
 
 Both run in this process with the same thread count, one after the other:
-    .venv/bin/python benchmarks/prep.py [--threads 1] [--stages ...]
+    .venv/bin/python benchmarks/prep.py [--threads 1] [--stages ...] [--device cuda]
 Goal (issue 5): whole prep <= 3x one training epoch.
 """
 
@@ -21,13 +21,17 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--stages", nargs="+")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: both the training epoch and prep run there")
     a = p.parse_args()
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        p.exit(2, f"--device {a.device}: CUDA is not available on this machine\n")
     torch.set_num_threads(a.threads)
-    _, acc, epoch_s = train(epochs=1, threads=a.threads, log=lambda m: None)
+    _, acc, epoch_s = train(epochs=1, threads=a.threads, log=lambda m: None, device=a.device)
     epoch = epoch_s[0]
-    print(f"one training epoch (60k images, {a.threads} thread(s)): {epoch:.1f} s (test acc after 1 epoch {acc:.3f})")
+    print(f"[{a.device}] one training epoch (60k images, {a.threads} thread(s)): {epoch:.1f} s "
+          f"(test acc after 1 epoch {acc:.3f})")
     cfg_path = REPO_DIR / "prepped_models" / "fmnist.toml"
-    cfg = load_config(cfg_path, {"run.stages": a.stages}, base_dir=cfg_path.parent)
+    cfg = load_config(cfg_path, {"run.stages": a.stages, "run.device": a.device}, base_dir=cfg_path.parent)
     times = {}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -106,3 +106,35 @@ def test_featurevis_batch_on_cuda_equals_cpu():
     assert cpu.images.shape == gpu.images.shape
     # 8 Adam steps from the same seeds: the uint8 images agree up to float rounding of the two devices
     assert np.abs(cpu.images.astype(int) - gpu.images.astype(int)).mean() < 2.0
+
+
+def test_circuit_methods_and_faithfulness_on_cuda_equal_cpu(small):
+    """benchmarks/circuits.py --device cuda: the taylor circuit and its faithfulness are the CPU ones; the
+    learned circuit (float rounding can swap near-tied kernels) is the same size and mostly the same."""
+    import copy
+
+    from viscnn.importance.faithfulness import faithfulness
+    from viscnn.importance.methods import find_circuit
+    from viscnn.importance.targets import parse_target
+
+    model, graph, x, _ = small
+    t = parse_target("class:1", graph)
+    gpu_model = copy.deepcopy(model).cuda()
+    cpu_c = find_circuit(model, graph, t, lambda: [(x, None)], "taylor", keep=0.3)
+    gpu_c = find_circuit(gpu_model, graph, t, lambda: [(x, None)], "taylor", keep=0.3, device="cuda")
+    assert np.array_equal(cpu_c.edges, gpu_c.edges)
+    a = faithfulness(model, graph, t, cpu_c, [(x, None)], n_random=2)
+    b = faithfulness(gpu_model, graph, t, gpu_c, [(x, None)], n_random=2, device="cuda")
+    assert abs(a["circuit"]["pearson"] - b["circuit"]["pearson"]) < 1e-4
+    cl = find_circuit(model, graph, t, lambda: [(x, None)], "learned", keep=0.3, steps=20)
+    gl = find_circuit(gpu_model, graph, t, lambda: [(x, None)], "learned", keep=0.3, steps=20, device="cuda")
+    assert cl.settings["conv_kernels"] == gl.settings["conv_kernels"]
+    assert len(np.intersect1d(cl.edges, gl.edges)) >= 0.8 * len(cl.edges)
+
+
+def test_training_epoch_on_cuda():
+    """benchmarks/prep.py --device cuda times its reference epoch there."""
+    from viscnn.zoo.train_fmnist import train
+
+    model, acc, times = train(epochs=1, limit=512, log=lambda m: None, device="cuda")
+    assert next(model.parameters()).device.type == "cuda" and 0 <= acc <= 1 and times[0] > 0

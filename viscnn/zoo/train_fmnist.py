@@ -53,25 +53,30 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
 
 
 def train(epochs: int = 8, batch_size: int = 128, lr: float = 0.05, seed: int = 0, threads: int = 1,
-          augment_data: bool = True, shift: int = 0, limit: Optional[int] = None, log=None) -> tuple:
+          augment_data: bool = True, shift: int = 0, limit: Optional[int] = None, log=None,
+          device: str = "cpu") -> tuple:
     """Train from scratch; returns ``(model, test_accuracy, epoch_seconds list)``.
 
-    ``limit`` uses only the first ``limit`` training and test images (smoke tests).
+    ``limit`` uses only the first ``limit`` training and test images (smoke tests). ``device``
+    "cuda" trains there (benchmarks/prep.py's reference epoch on a GPU); the committed weights
+    are trained on the CPU, and only there is the run bit-reproducible.
     """
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ViscnnError(f"device {device!r} but CUDA is not available")
     log = log or (lambda msg: print(msg, flush=True))
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=device != "cpu")
     try:
         with torch.random.fork_rng(devices=[]):  # the caller's global RNG state is left as it was
             torch.manual_seed(seed)
-            return _train(epochs, batch_size, lr, seed, threads, augment_data, shift, limit, log)
+            return _train(epochs, batch_size, lr, seed, threads, augment_data, shift, limit, log, torch.device(device))
     finally:
         torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_det)
 
 
-def _train(epochs, batch_size, lr, seed, threads, augment_data, shift, limit, log) -> tuple:
+def _train(epochs, batch_size, lr, seed, threads, augment_data, shift, limit, log, device) -> tuple:
     gen = torch.Generator().manual_seed(seed)
 
     x_train, y_train = load_fashion_mnist("train")
@@ -79,9 +84,9 @@ def _train(epochs, batch_size, lr, seed, threads, augment_data, shift, limit, lo
     if limit is not None:
         x_train, y_train, x_test, y_test = x_train[:limit], y_train[:limit], x_test[:limit], y_test[:limit]
     xt, yt = to_tensor(x_train), torch.from_numpy(y_train)
-    xv, yv = to_tensor(x_test), torch.from_numpy(y_test)
+    xv, yv = to_tensor(x_test).to(device), torch.from_numpy(y_test).to(device)
 
-    model = fmnist_cnn()
+    model = fmnist_cnn().to(device)
     steps_per_epoch = (len(xt) + batch_size - 1) // batch_size
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr * 2, epochs=epochs, steps_per_epoch=steps_per_epoch,
@@ -98,13 +103,17 @@ def _train(epochs, batch_size, lr, seed, threads, augment_data, shift, limit, lo
             xb, yb = xt[idx], yt[idx]
             if augment_data:
                 xb = augment(xb, gen, shift)
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss.detach()) * len(idx)
+            total += loss.detach() * len(idx)   # no per-step sync with the device
             n += len(idx)
+        total = float(total)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
         times.append(dt)
         acc = accuracy(model, xv, yv)
