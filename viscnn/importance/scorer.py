@@ -108,8 +108,8 @@ class Scorer:
         return conv_edge_scores(as_conv(mod), a, g, metrics, B, layer.out_size, self.chunk_elements,
                                 nodes.get("gradient") if g is not None else None)
 
-    def group_layer_scores(self, x: torch.Tensor, labels: Optional[torch.Tensor], groups: Sequence
-                           ) -> Iterator[Tuple[int, LayerScores]]:
+    def group_layer_scores(self, x: torch.Tensor, labels: Optional[torch.Tensor], groups: Sequence,
+                           taylor_dtype: torch.dtype = torch.float64) -> Iterator[Tuple[int, LayerScores]]:
         """Yield ``(layer index, {metric: (nodes [G, C], edges [G, E_layer])})``: sums over each group of
         images (``groups``: index tensors or slices into the batch), float64 on the scorer's device.
 
@@ -117,7 +117,10 @@ class Scorer:
         edges of ``taylor`` and ``taylor_signed`` are both the *signed* sums ``Σ_n T_n`` of the per-image
         kernel Taylor terms, from each group's batched weight gradient (:func:`group_taylor`, no
         per-image kernel products): the batch-gradient criterion, whose ``taylor`` score of a set is
-        ``|Σ_n T_n| / n`` of the set's total (:func:`batch_set_score`)."""
+        ``|Σ_n T_n| / n`` of the set's total (:func:`batch_set_score`). ``taylor_dtype`` float32 keeps
+        those Taylor edge sums as the weight gradient computes them (the float64 copy of a 13M-edge
+        layer cost prep's sparse pass 6-8 s of 55; widening a float32 to float64 is exact, so a caller
+        that sums in float64 gets the same values)."""
         cap = self.capture(x, labels)
         self.last_outputs = cap.outputs
         B = cap.x.shape[0]
@@ -137,11 +140,12 @@ class Scorer:
             if tay:
                 a, g = cap.inputs.get(layer.name), cap.grads.get(layer.name)
                 if a is None or g is None:
-                    t = torch.zeros(len(groups), layer.num_edges, dtype=torch.float64, device=self.device)
+                    t = torch.zeros(len(groups), layer.num_edges, dtype=taylor_dtype, device=self.device)
                 elif layer.kind == "linear":
-                    t = group_linear_taylor(self.modules[layer.name], a, g, layer.in_channels, groups).reshape(len(groups), -1).double()
+                    t = group_linear_taylor(self.modules[layer.name], a, g, layer.in_channels, groups).reshape(len(groups), -1)
                 else:
-                    t = group_taylor(as_conv(self.modules[layer.name]), a, g, groups).reshape(len(groups), -1).double()
+                    t = group_taylor(as_conv(self.modules[layer.name]), a, g, groups).reshape(len(groups), -1)
+                t = t.to(taylor_dtype)
                 edges.update({m: t for m in tay})
             yield li, {m: (nodes[m], edges[m]) for m in self.metrics}
         self.last_values = cap.values

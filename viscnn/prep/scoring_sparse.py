@@ -208,7 +208,7 @@ def _batch_step(graph, scorer, own, x, y, p, pc, todo, positions, active, pool, 
     for sc, prefix in ((scorer, ""), (own, OWN)):
         if sc is None:
             continue
-        for li, scores in sc.group_layer_scores(x, y, groups):
+        for li, scores in sc.group_layer_scores(x, y, groups, taylor_dtype=torch.float32):
             l = graph.layers[li]
             nsl = slice(l.node_offset, l.node_offset + l.channels)
             esl = slice(l.edge_offset, l.edge_offset + (l.num_edges if l.kind != "input" else 0))
