@@ -394,13 +394,14 @@ def test_first_view_comes_in_the_layout(app, actx, pm, s):
         assert app.layout()["state"].data == s
 
 
-def test_images_per_set_is_greyed_for_precomputed_scores(actx, pm):
+def test_images_per_set_note_for_precomputed_scores(actx, pm):
     from types import SimpleNamespace
 
     from viscnn.app.callbacks_graph import _count_props
 
     pre = _count_props(pm, SimpleNamespace(run_key=None, query=queries.Query("loss", "all", "taylor")))
-    assert "unused" in pre["nimages"]["className"] and "precomputed" in pre["nimages-note"]["children"]
+    assert pre["nimages-note"]["children"].startswith("scores precomputed on the whole set")
+    assert "unused" not in pre["nimages"]["className"]  # the count still sets the jobs' images
     ran = _count_props(pm, SimpleNamespace(run_key="k", query=queries.Query("class:0", "all", "taylor")))
     assert ran == {"nimages-note": {"children": ""}, "nimages": {"className": "radio-compact"}}
     meth = _count_props(pm, SimpleNamespace(run_key=None, query=queries.Query("loss", "all", "taylor"),

@@ -148,18 +148,19 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
 
 
 def _count_props(pm, r) -> Dict[str, dict]:
-    """The "Images per set" control greyed, with a note, while the scores shown are precomputed (they rest on
-    every image of the set, not on that many)."""
+    """The note under "Images per set" while the scores shown are precomputed (they rest on every image of
+    the set, not on that many): the count then still sets the images of the jobs (an iterative/learned
+    circuit, faithfulness, the ablation over the set), so the control stays live."""
     if r.run_key:
         return {"nimages-note": {"children": ""}, "nimages": {"className": "radio-compact"}}
     own = queries.own_class(pm, r.query)
     every = f"all {pm.class_image_count(own):,}" if own is not None else "the whole set"
     method = (getattr(r, "run_info", None) or {}).get("method")
     if method:  # an iterative/learned circuit is found on that many images; only the scores are precomputed
-        return {"nimages-note": {"children": f"used by the {method['method']} circuit; scores precomputed on {every}"},
-                "nimages": {"className": "radio-compact"}}
-    return {"nimages-note": {"children": f"not used: precomputed on {every}"},
-            "nimages": {"className": "radio-compact unused"}}
+        note = f"used by the {method['method']} circuit; scores precomputed on {every}"
+    else:
+        note = f"scores precomputed on {every}; the count sets the faithfulness and ablation runs"
+    return {"nimages-note": {"children": note}, "nimages": {"className": "radio-compact"}}
 
 
 def _node_lod(g, circ, node_scores, drawn, sel_node) -> str:

@@ -39,7 +39,9 @@ TIPS = {
               "sit together), pca = its principal components, grid = channel order.",
     "nimages": "How many images of each image set a model run scores (targets other than the loss, and "
                "loss over 'image'): that many of the prepped dataset's images of the set, evenly spaced through "
-               "it. Loss scores over prepped sets are precomputed over every image of the set.",
+               "it. Loss scores over prepped sets, and class:K over K, are precomputed over every image of the set; "
+               "the count still sets the images an iterative/learned circuit is found on, and those of the "
+               "faithfulness and set-ablation runs.",
     "method": "How the circuit is found. taylor: cut from the Taylor scores by the threshold (instant). iterative: "
               "prune a fraction of the kernels, re-score on the pruned model, repeat (a few seconds). learned: "
               "optimise a kernel mask so the masked model keeps the target's per-image values (about half a "
