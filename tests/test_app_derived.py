@@ -159,3 +159,12 @@ def test_memo_computes_a_key_once_under_concurrency(actx):
     with pytest.raises(ValueError):
         actx._memoize(("test-fail", 1), boom)
     assert actx._memoize(("test-fail", 1), lambda: 5) == 5  # a failure is not remembered
+
+
+def test_input_image_fits_its_sidebar_box(actx, s):
+    """The input image's figure is as tall as its box in the sidebar (240 px in a 220 px box ran into the upload box)."""
+    import viscnn.app.callbacks_panels as CP
+    from viscnn.app.shell.layout import INPUT_FIG_H
+
+    fig = CP.panel_props(actx, s)[1]
+    assert fig["layout"]["height"] == INPUT_FIG_H

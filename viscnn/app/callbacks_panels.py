@@ -10,7 +10,7 @@ from viscnn.app import activations as A
 from viscnn.app import routes
 from viscnn.app.figures import classpanel as CP
 from viscnn.app.figures import panels as P
-from viscnn.app.shell.layout import export_buttons, graph_config
+from viscnn.app.shell.layout import INPUT_FIG_H, export_buttons, graph_config
 from viscnn.errors import ViscnnError
 
 
@@ -209,7 +209,7 @@ def panel_props(actx, s: dict) -> tuple:
     abl = (f"Ablated: {', '.join(names)}{outside_note}" if ablate
            else "No ablations (select a node or edge, then 'Ablate selection').")
     sel = s.get("sel", "")
-    fig = P.image_figure(img, title=s["image"].split(":", 1)[-1])
+    fig = P.image_figure(img, title=s["image"].split(":", 1)[-1], height=INPUT_FIG_H)
     if not sel:
         return html.I("Click a node or an edge in the graph."), fig, pred, abl
     try:
@@ -307,7 +307,7 @@ def register(app, actx) -> None:
                 box = rf_box_of(actx, s["model"], s["sel"], int(p["y"]), int(p["x"]))
             except (ViscnnError, KeyError, TypeError, ValueError):
                 box = None
-        return P.image_figure(img, box, title=s["image"].split(":", 1)[-1])
+        return P.image_figure(img, box, title=s["image"].split(":", 1)[-1], height=INPUT_FIG_H)
 
     @app.callback(Output("ablate", "data", allow_duplicate=True), Input("ablate-add", "n_clicks"),
                   Input("ablate-clear", "n_clicks"), Input("ablate-outside", "n_clicks"), State("state", "data"),

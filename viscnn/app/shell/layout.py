@@ -40,6 +40,9 @@ def export_buttons(target: str, what: str) -> List[html.Button]:
             for fmt in ("png", "svg")]
 
 
+INPUT_FIG_H = 220  # the sidebar's input image: its figure and its box (a taller figure ran into the upload box)
+
+
 def progress_line(done: int, total: int, what: str = "images scored") -> list:
     """A long computation's progress: a bar (indeterminate while the total is unknown) and 'done / total'
     (a percentage when the total is 100)."""
@@ -104,7 +107,7 @@ def page(models: List[str], views: dict) -> html.Div:
     ], className="header")
     sidebar = html.Div([
         html.H4("Input image"),
-        dcc.Graph(id="input-fig", config={"displayModeBar": False}, style={"height": "220px"}),
+        dcc.Graph(id="input-fig", config={"displayModeBar": False}, style={"height": f"{INPUT_FIG_H}px"}),
         dcc.Upload(html.Div(["Drop or ", html.A("choose a PNG/JPEG")]), id="upload", className="upload",
                    max_size=-1),  # no size or type filter here: every refused file gets a message from the server
         html.Div(id="upload-msg", className="error"),
