@@ -124,15 +124,13 @@ def edge_traces(graph, pos: np.ndarray, drawn: np.ndarray, scores: np.ndarray,
             xyz[2::PTS] = pos[c]
             cd = np.empty(k * PTS, object)
             cd[0::PTS], cd[1::PTS], cd[2::PTS], cd[3::PTS] = a, -(em + 1), c, None
-            tx = [""] * (k * PTS)
+            tx = [""] * (k * PTS)  # the ends say nothing: the nodes drawn there have their own hover
             sm = s[m]
             for j in range(k):
-                ej, lj = int(em[j]), graph.layers[int(graph.edges[em[j], 0])]
-                tx[j * PTS] = text[a[j]]
-                tx[j * PTS + 2] = text[c[j]]
-                tx[j * PTS + 1] = (f"edge e{ej}: {text[a[j]]} → {text[c[j]]}<br>kernel {lj.name}"
-                                   f"[{int(graph.edges[ej, 1])}, {int(graph.edges[ej, 2])}]<br>score {sm[j]:.4g}"
-                                   f" · rank {rank[ej]} of {len(uniq)} drawn")
+                ej = int(em[j])
+                # short: ~1500 of these go out with every threshold change (the layer is in the node ids)
+                tx[j * PTS + 1] = (f"edge e{ej}: {text[a[j]]} → {text[c[j]]}, weight[{int(graph.edges[ej, 1])}, "
+                                   f"{int(graph.edges[ej, 2])}]<br>score {sm[j]:.4g} · rank {rank[ej]} of {len(uniq)} drawn")
             traces.append({
                 "type": "scatter3d", "mode": "lines", "name": f"{'-' if neg else '+'} edges q{b + 1}",
                 "x": _r(xyz[:, 0]), "y": _r(xyz[:, 1]), "z": _r(xyz[:, 2]),
@@ -243,7 +241,8 @@ def node_traces(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_score
     for i in d.tolist():
         lay = graph.layers[int(graph.node_layer[i])]
         where = f"rank {rank[i]} of {len(cn)} circuit nodes" if inc[i] else "not in the circuit"
-        hover.append(f"{text[i]}<br>{lay.kind} layer {lay.name}<br>score {raw[i]:.4g} · {where}")
+        name = text[i] if text[i].startswith(lay.name + ":") else f"{text[i]} · {lay.name}"  # ids carry the layer
+        hover.append(f"{name} ({lay.kind})<br>score {raw[i]:.4g} · {where}")
     if len(d) > CROSS_MAX_NODES:  # a big graph: one point per node keeps the payload of a threshold change small
         return [{"type": "scatter3d", "mode": "markers", "name": "nodes", "x": _r(pos[d, 0]), "y": _r(pos[d, 1]),
                  "z": _r(pos[d, 2]), "customdata": d.tolist(), "text": hover,
