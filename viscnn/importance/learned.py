@@ -122,8 +122,8 @@ def learn_mask(model: nn.Module, graph: Graph, target: Target, batches_fn, n: in
                     bias[l.name] = conv_mean_map(mod, means[l.name].to(device), W0[l.name] * (1 - mk))
             idx = torch.randperm(count, generator=gen)[:batch].to(device) if 0 < batch < count else None
             x, f = (X, F) if idx is None else (X[idx], F[idx])
-            y = None if Y is None or idx is None else Y[idx]
-            v = target.evaluate(model_logits(functional_call(m, params, (x,))), outputs, Y if idx is None else y)
+            y = Y if Y is None or idx is None else Y[idx]
+            v = target.evaluate(model_logits(functional_call(m, params, (x,))), outputs, y)
             return ((v - f) ** 2).mean() / scale
 
         for it in range(steps):
