@@ -71,3 +71,19 @@ def test_compare_with_another_prepped_model(tmp_path):
     assert any(h.startswith("Padding audit at 32×32") for h in heads)
     with pytest.raises(ViscnnError, match="no prepped model"):
         drawn_now(actx, artifacts_props, dict(actx.defaults("tiny"), view="artifacts", cmpmodel="nope"))
+
+
+def test_all_zero_maps_are_explained(app):
+    """Blank tiles get a note only when every mean map is exactly 0 (a bias-free model under 'zero')."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from viscnn.app.views.artifacts.callbacks import _all_zero_note, artifacts_props
+
+    maps = lambda *vals: SimpleNamespace(baseline="zero", mean_maps=[SimpleNamespace(map=np.full((3, 3), v)) for v in vals])
+    assert "exactly 0 under 'zero'" in _all_zero_note(maps(0.0, 0.0)).children
+    assert _all_zero_note(maps(0.0, 1e-9)).children is None
+    actx = app.viscnn
+    p = drawn_now(actx, artifacts_props, dict(actx.defaults("tiny"), view="artifacts", baseline="random:4"))
+    assert not any("art-zero-note" in (getattr(c, "className", "") or "") for c in _walk(p["art-body"]["children"]))

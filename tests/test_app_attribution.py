@@ -139,3 +139,31 @@ def test_node_panel_deconvnet_of_the_node(tmp_path):
     ex = pm.exemplars(layer.name)
     assert len(imgs) == 1 + ex.shape[1] == 4
     assert all(i.src.startswith("data:image/png") for i in imgs)
+
+
+def test_weight_pictures_say_how_to_read_their_colours():
+    """Each first-conv picture carries its colour key: signed kernels (1 or 2 input channels) on the
+    diverging map with their scale, RGB filters as RGB; the 2-channel grid is output x input channels."""
+    import base64
+    import io
+
+    from PIL import Image
+    from torch import nn
+
+    from viscnn.app.views.compare.callbacks import weight_pictures
+
+    torch.manual_seed(0)
+    nets = [("one", nn.Sequential(nn.Conv2d(1, 9, 3))), ("two", nn.Sequential(nn.Conv2d(2, 4, 3))),
+            ("rgb", nn.Sequential(nn.Conv2d(3, 8, 5)))]
+    div = weight_pictures(nets)
+    keys = [c for c in _walk(div) if "weight-key" in (getattr(c, "className", "") or "")]
+    text = ["".join(x if isinstance(x, str) else x.children for x in (k.children if isinstance(k.children, list)
+                                                                      else [k.children])) for k in keys]
+    for t, (_, net) in zip(text[:2], nets[:2]):
+        lim = float(net[0].weight.abs().max())
+        assert "red = positive" in t and "blue = negative" in t and f"±{lim:.3g}" in t
+    assert text[2].startswith("RGB")
+    imgs = [c for c in _walk(div) if type(c).__name__ == "Img"]
+    pic = np.asarray(Image.open(io.BytesIO(base64.b64decode(imgs[1].src.split(",", 1)[1]))))
+    up = 200 // 17  # 4 rows x 2 columns of 3x3 tiles with 1 px gaps: 17 x 9 before upscaling
+    assert pic.shape[:2] == (17 * up, 9 * up)

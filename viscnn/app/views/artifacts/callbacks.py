@@ -80,6 +80,15 @@ def _strip(a, lim_all: Optional[float] = None) -> html.Div:
     return html.Div(cells, className="row art-row")
 
 
+def _all_zero_note(a) -> html.Div:
+    """Blank tiles look like a rendering failure; say when they are the true answer."""
+    if not a.mean_maps or any(np.abs(m.map).max() > 0 for m in a.mean_maps):
+        return html.Div()
+    return html.Div(f"Every mean map is exactly 0 under '{a.baseline}': no bias or BatchNorm shift reaches any conv "
+                    "of this model from this input, so it shows no artifact here; choose another baseline input.",
+                    className="muted art-zero-note")
+
+
 def _drill(a, scale: str) -> html.Div:
     d = a.drill
     if d is None:
@@ -160,7 +169,7 @@ def artifacts_props(actx, s: dict) -> Dict[str, dict]:
     other = parse_size(s.get("cmpsize", ""))
     a = _analysis(actx, name, s, hw)
     body: List = [html.H4(f"Mean feature maps ({'conv output' if a.stage == 'conv' else 'after the activation'}) under "
-                          f"{a.baseline}, each on its own symmetric scale"), _strip(a),
+                          f"{a.baseline}, each on its own symmetric scale"), _strip(a), _all_zero_note(a),
                   _drill(a, s.get("dscale", "shared")), _patches(a), _padding(a.padding, hw, "art-padding")]
     if other:
         body.append(_compare(a, _analysis(actx, name, s, other), other))

@@ -45,32 +45,38 @@ def random_copy(model, seed: int = 1):
 
 def weight_pictures(models) -> html.Div:
     """The first conv layer of each ``(title, model)``: RGB filters (each normalised on its own) for
-    3-channel inputs; single-channel kernels on the diverging map (one symmetric scale per layer); else
-    grey kernel tiles (0.5 grey = 0)."""
+    3-channel inputs, else the kernels on the diverging map (one symmetric scale per layer); each picture
+    says under it how to read its colours."""
     from viscnn.app.figures.colors import diverging_rgb
     from viscnn.app.figures.panels import data_uri, png_bytes
     from viscnn.attribution.render import to_uint8
-    from viscnn.attribution.weights import conv_weight, first_conv, grid, kernel_tiles, rgb_filter_grid
+    from viscnn.attribution.weights import conv_weight, first_conv, grid, rgb_filter_grid
 
     cells = []
     for title, m in models:
         name, conv = first_conv(m)
         if conv.in_channels == 3:
             pic = rgb_filter_grid(m, name, cols=8)
-        elif conv.in_channels == 1:  # one kernel per filter: a square-ish grid, not a one-column strip
-            w = conv_weight(m, name)[1][:, 0]
+            key = "RGB, each filter stretched to its own min..max"
+        else:  # signed kernels on the app's diverging map, one symmetric scale per layer
+            w = conv_weight(m, name)[1]
             lim = float(np.abs(w).max()) or 1.0
-            pic = grid(diverging_rgb(w / lim) / 255.0, int(np.ceil(np.sqrt(len(w)))), 1)  # signed: red/blue
-        else:
-            pic = kernel_tiles(m, name, normalize="layer")
+            if conv.in_channels == 1:  # one kernel per filter: a square-ish grid, not a one-column strip
+                pic = grid(diverging_rgb(w[:, 0] / lim) / 255.0, int(np.ceil(np.sqrt(len(w)))), 1)
+            else:  # row = output channel, column = input channel
+                w = w[:64, :64]
+                pic = grid(diverging_rgb(w.reshape(-1, *w.shape[2:]) / lim) / 255.0, w.shape[1], 1)
+            key = [html.Span("red = positive", style={"color": "#b2182b"}), ", ",
+                   html.Span("blue = negative", style={"color": "#2166ac"}), f", white = 0; scale ±{lim:.3g}"]
         a = to_uint8(pic)
         up = max(1, 200 // max(a.shape[:2]))
         a = a.repeat(up, 0).repeat(up, 1)
         cells.append(html.Div([html.Img(src=data_uri(png_bytes(a)), className="art-tile"),
-                               html.Div(f"{title}: {name}", className="muted")], className="attr-cell"))
-    return html.Div([html.H4("Weights of the first conv layer", title="RGB filters each normalised on its own; one-channel "
-                             "kernels red = positive, blue = negative on one scale per layer; grey tiles (one per "
-                             "output x input channel) 0.5 grey = 0"),
+                               html.Div(f"{title}: {name}", className="muted"),
+                               html.Div(key, className="muted weight-key")], className="attr-cell"))
+    return html.Div([html.H4("Weights of the first conv layer", title="RGB filters each normalised on its own; other "
+                             "kernels red = positive, blue = negative on one scale per layer (a grid of output x "
+                             "input channels when the input has more than one channel)"),
                      html.Div(cells, className="row attr-row")])
 
 
