@@ -1,7 +1,7 @@
 """Faithfulness of circuits on the trained default model (prepped_models/fmnist), every class.
 
-For each of the 10 class targets (the class logit): each method's circuit (the default method is
-``taylor``, today's one-shot, since it measured best; ``iterative`` beside it) with 5% of the
+For each of the 10 class targets (the class logit): each method's circuit (``learned``, the default
+for ``keep``; ``taylor``, the one-shot method, beside it; ``iterative`` on request) with 5% of the
 conv kernels, found on 200 test images of the class (``fmnist:test:K:200``) and measured on the
 200 *next* test images of the class (``fmnist:test:K:200:200``): Pearson (goal >= 0.9), relative
 error mean|Δ|/mean|full| (goal <= 0.2), the best of 20 random circuits with the same kernels per
@@ -11,7 +11,7 @@ finding the circuit (goal <= 30 s per class on 2 CPU cores); then a faithfulness
 per method (mean Pearson and
 relative error over the classes). Sizes count conv kernels; class-layer edges into the class are
 free (see viscnn/importance/methods.py). Usage:
-``python benchmarks/circuits.py [--methods taylor,iterative,learned] [--ablation zero|mean] [--threads 2] [--device cuda]``.
+``python benchmarks/circuits.py [--methods taylor,learned,iterative] [--ablation zero|mean] [--threads 2] [--device cuda]``.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def _classes(cc: str) -> set:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", default="taylor,iterative", help="methods to compare (taylor: the default and today's one-shot)")
+    ap.add_argument("--methods", default="taylor,learned",
+                    help="methods to compare (learned: the default for keep; taylor: the one-shot method)")
     ap.add_argument("--ablation", default="zero", choices=("zero", "mean"))
     ap.add_argument("--random", type=int, default=20, help="random circuits per class")
     ap.add_argument("--curve-classes", default="0-9", help="classes with a size curve: 0-9, 1,7, or none")
