@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from app_fixture import CLASSES, make_prepped
+from viscnn.app.figures.circuit_paths import capped_path_edges
 from viscnn.app import routes
 from viscnn.app.figures import cytoscape as cy
 from viscnn.app.figures.colors import NEG, POS
@@ -118,11 +119,11 @@ def test_cap_and_counts(tiny):
     c = circuit(g, es, mass=0.99)
     assert len(c.edges) > cy.MAX_EDGES_2D
     r = build(g, c, es)
-    assert cy.MAX_EDGES_2D == 40 and (r.shown_edges, r.total_edges) == (40, len(c.edges))
+    assert cy.MAX_EDGES_2D == 40 and r.total_edges == len(c.edges) and 0 < r.shown_edges <= 40
     ks = kernels_of(r.elements)
-    assert len(ks) == 40
-    top = set(capped_reference(g, c.edges, es, 40))
-    assert {k["data"]["edge"] for k in ks} == top  # a share per layer, then by |score|
+    assert len(ks) == r.shown_edges
+    top = set(capped_path_edges(g, c.edges, es, 40).tolist())
+    assert {k["data"]["edge"] for k in ks} == top  # whole paths (tests/test_circuit_paths.py)
     ids = {e["data"]["id"] for e in r.elements}
     for k in ks:
         e = k["data"]["edge"]
@@ -368,10 +369,11 @@ def test_stretched_route_and_marker(tiny):
 
     # the builder marks the stretched thumbnail
     es = np.asarray(pm.edge_scores("taylor_signed", "all"), np.float64)
-    es[g.edge_target == low] += 10  # make sure `low` is drawn
+    es[g.edge_target == low] += 10  # make sure `low` is in the circuit (all of it is drawn below)
     c = circuit(g, es, mass=0.99)
     r = cy.circuit_elements(g, c.nodes, c.edges, es, lambda n: routes.fv_url("tiny", n, stretch=True),
-                            lambda e: "/k.png", is_stretched=lambda n: routes.fv_is_low_contrast(pm, n))
+                            lambda e: "/k.png", is_stretched=lambda n: routes.fv_is_low_contrast(pm, n),
+                            max_edges=len(c.edges))
     els = {e["data"]["node"]: e for e in nodes_of(r.elements)}
     assert low in els and els[low]["data"]["stretched"] and "stretched" in kind(els[low])
     assert "contrast-stretched" in els[low]["data"]["title"]
@@ -401,30 +403,3 @@ def test_circuit_view_reports_counts(tiny):
     assert scores == sorted(scores, reverse=True)
 
 
-def capped_reference(graph, edges, scores, k):
-    """Slow reference for the 2D cap: per target layer its own top k // L, then the best of the rest."""
-    edges = [int(e) for e in edges]
-    lay = {e: int(graph.node_layer[graph.edge_target[e]]) for e in edges}
-    layers = sorted(set(lay.values()))
-    q = k // len(layers)
-    key = lambda e: (-abs(float(scores[e])), edges.index(e))  # noqa: E731 (stable ties: input order)
-    chosen = set()
-    for L in layers:
-        chosen |= set(sorted([e for e in edges if lay[e] == L], key=key)[:q])
-    rest = sorted([e for e in edges if e not in chosen], key=key)
-    chosen |= set(rest[: k - len(chosen)])
-    return sorted(chosen)
-
-
-@pytest.mark.parametrize("k", [1, 5, 12, 40])
-def test_capped_edges_share_per_layer(k, resnet):
-    g = resnet
-    rng = np.random.default_rng(k)
-    scores = rng.normal(size=g.num_edges)
-    scores[g.node_layer[g.edge_target] == 0] *= 100  # the first layer's kernels dwarf the rest
-    edges = np.sort(rng.choice(g.num_edges, size=min(g.num_edges, 60), replace=False))
-    got = cy.capped_edges(g, edges, scores, k)
-    assert got.tolist() == capped_reference(g, edges, scores, k)
-    assert len(got) == min(k, len(edges))
-    if k >= len(g.layers):  # every layer of the circuit is drawn
-        assert len(set(g.node_layer[g.edge_target[got]])) == len(set(g.node_layer[g.edge_target[edges]]))

@@ -132,7 +132,7 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
                              selected=s.get("sel"), is_stretched=lambda n: routes.fv_is_low_contrast(pm, n),
                              ablated=(abl_nodes, abl_edges))
     count = (f"showing {c2.shown_edges} of {c2.total_edges} circuit edges"
-             + (" (each layer's most important by |score|, then the highest left; raise the cap to see more)" if c2.shown_edges < c2.total_edges else ""))
+             + (" (the strongest whole input-to-target paths: each path ranked by its weakest |score|; raise the cap to see more)" if c2.shown_edges < c2.total_edges else ""))
     ns = np.asarray(r.node_scores, np.float64)
     es = np.asarray(r.edge_scores)  # no float64 copy of all E scores per request
     trows, erows = _tables(g, labels, circ.nodes, edges, ns, es)

@@ -195,23 +195,12 @@ def _spread(ys: List[float], gap: float, lo: float, hi: float) -> List[float]:
 
 
 def capped_edges(graph, edges: np.ndarray, scores: np.ndarray, max_edges: int) -> np.ndarray:
-    """The ``max_edges`` edges the 2D diagram draws, sorted: every layer of the circuit first gets its
-    own top ``max_edges // layers`` edges by |score|, then the remaining slots go to the highest |score|
-    left anywhere. (A plain global top-k is taken almost whole by the input->conv1 kernels, whose
-    scores are largest, and leaves the deeper layers, and so the path to the target, undrawn.)"""
-    edges = np.asarray(edges, np.int64)
-    if len(edges) <= max_edges:
-        return np.sort(edges)
-    order = edges[np.argsort(-np.abs(scores[edges]), kind="stable")]
-    layer = np.asarray(graph.node_layer)[np.asarray(graph.edge_target)[order]]
-    quota = max_edges // max(1, len(np.unique(layer)))
-    rank = np.zeros(len(order), np.int64)  # rank of each edge within its layer (order is by |score|)
-    for lay in np.unique(layer):
-        at = np.flatnonzero(layer == lay)
-        rank[at] = np.arange(len(at))
-    first = rank < quota
-    rest = order[~first][: max_edges - int(first.sum())]
-    return np.sort(np.concatenate([order[first], rest]))
+    """The ``max_edges`` edges the 2D diagram draws, sorted: whole input-to-target paths, strongest
+    (widest) first (:mod:`viscnn.app.figures.circuit_paths`). A global top-k by |score| is taken almost
+    whole by the input->conv1 kernels, a per-layer share leaves a deep circuit in fragments."""
+    from viscnn.app.figures.circuit_paths import capped_path_edges
+
+    return capped_path_edges(graph, edges, scores, max_edges)
 
 
 def circuit_elements(graph, nodes: Sequence[int], edges: Sequence[int], edge_scores: np.ndarray,
@@ -220,8 +209,8 @@ def circuit_elements(graph, nodes: Sequence[int], edges: Sequence[int], edge_sco
                      labels: Optional[Sequence[str]] = None, selected: Optional[str] = None,
                      is_stretched: Optional[Callable[[int], bool]] = None,
                      ablated: Tuple[Sequence[int], Sequence[int]] = ((), ())) -> Circuit2D:
-    """Elements for at most ``max_edges`` circuit edges (:func:`capped_edges`: a share per layer, then
-    by |score|) and the nodes they touch.
+    """Elements for at most ``max_edges`` circuit edges (:func:`capped_edges`: the strongest whole
+    paths) and the nodes they touch.
 
     ``node_img(n)``: thumbnail URL of a node (None for none); never asked for class nodes, which are
     labelled boxes. ``kernel_img(e)``: glyph URL of a kernel. ``signs``: per-edge signs for the colour
