@@ -11,7 +11,7 @@ network stops the forward pass right after its last layer (a private exception f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -83,12 +83,26 @@ def capture(model: nn.Module, modules: Dict[str, nn.Module], graph: Graph, targe
 
     Returns None when an in-place op modified a kept tensor (call again with ``clone=True``).
     """
+    caps = capture_targets(model, modules, graph, [target], x, labels, clone, need_grads, post_modules)
+    return None if caps is None else caps[0]
+
+
+def capture_targets(model: nn.Module, modules: Dict[str, nn.Module], graph: Graph, targets: Sequence[Target],
+                    x: torch.Tensor, labels: Optional[torch.Tensor] = None, clone: bool = False,
+                    need_grads: bool = True, post_modules: Optional[Dict[str, nn.Module]] = None
+                    ) -> Optional[List[Captured]]:
+    """:func:`capture` for several targets from one forward pass: one backward per target (the graph
+    retained until the last), each with its own gradients; the kept a/y/post maps are shared. The
+    scoring pass's loss and own-class logit cost one forward this way instead of two (the same values:
+    the same forward, and each backward is the one a separate capture would run)."""
     inputs: Dict[str, torch.Tensor] = {}
     outputs: Dict[str, torch.Tensor] = {}
     grads: Dict[str, torch.Tensor] = {}
+    post_grads: Dict[str, torch.Tensor] = {}
+    sink = {"grads": grads, "post": post_grads}  # the dicts this backward's tensor hooks write into
     versions = []
-    needed = set(target.layers)
-    stop = target.stop_layer(graph) is not None
+    needed = set().union(*(t.layers for t in targets))
+    stop = all(t.stop_layer(graph) is not None for t in targets)
 
     def make_hook(name):
         def hook(mod, inp, out):
@@ -100,21 +114,20 @@ def capture(model: nn.Module, modules: Dict[str, nn.Module], graph: Graph, targe
             versions.append((a, a._version))
             versions.append((out, out._version))
             if need_grads and out.requires_grad:
-                out.register_hook(lambda gr: grads.__setitem__(name, nchw(gr) if cl else gr))
+                out.register_hook(lambda gr: sink["grads"].__setitem__(name, nchw(gr) if cl else gr))
             if stop and needed.issubset(outputs):
                 raise _Stop
             return out.clone() if clone else None
         return hook
 
     post: Dict[str, torch.Tensor] = {}
-    post_grads: Dict[str, torch.Tensor] = {}
 
     def make_post_hook(name):
         def hook(mod, inp, out):
             post[name] = out
             versions.append((out, out._version))
             if need_grads and out.requires_grad:
-                out.register_hook(lambda gr: post_grads.__setitem__(name, gr))
+                out.register_hook(lambda gr: sink["post"].__setitem__(name, gr))
             return out.clone() if clone else None
         return hook
 
@@ -122,6 +135,7 @@ def capture(model: nn.Module, modules: Dict[str, nn.Module], graph: Graph, targe
     handles += [m.register_forward_hook(make_post_hook(n)) for n, m in (post_modules or {}).items()]
     x_leaf = x.detach().requires_grad_(need_grads)
     logits = None
+    results = []
     try:
         with torch.enable_grad():
             try:
@@ -130,15 +144,21 @@ def capture(model: nn.Module, modules: Dict[str, nn.Module], graph: Graph, targe
                 pass
             if any(t._version != v for t, v in versions):
                 return None
-            values = target.evaluate(logits, outputs, labels)
-            if need_grads:
-                if not values.requires_grad:
-                    raise ViscnnError(f"target {target} does not depend on the input")
-                torch.autograd.backward(values.sum(), inputs=[x_leaf])
+            for i, target in enumerate(targets):
+                values = target.evaluate(logits, outputs, labels)
+                x_grad = None
+                if need_grads:
+                    if not values.requires_grad:
+                        raise ViscnnError(f"target {target} does not depend on the input")
+                    sink["grads"], sink["post"] = grads, post_grads = {}, {}
+                    x_leaf.grad = None
+                    torch.autograd.backward(values.sum(), inputs=[x_leaf], retain_graph=i + 1 < len(targets))
+                    x_grad = x_leaf.grad
+                results.append((values.detach(), x_grad, grads, post_grads))
     finally:
         for h in handles:
             h.remove()
-    return Captured(x_leaf.detach(), x_leaf.grad if need_grads else None, values.detach(),
-                    None if logits is None else logits.detach(),
-                    {k: v.detach() for k, v in inputs.items()}, {k: v.detach() for k, v in outputs.items()}, grads,
-                    {k: v.detach() for k, v in post.items()}, post_grads)
+    ins, outs = {k: v.detach() for k, v in inputs.items()}, {k: v.detach() for k, v in outputs.items()}
+    posts = {k: v.detach() for k, v in post.items()}
+    return [Captured(x_leaf.detach(), xg, vals, None if logits is None else logits.detach(), ins, outs, gr, posts, pg)
+            for vals, xg, gr, pg in results]

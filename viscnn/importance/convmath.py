@@ -160,21 +160,35 @@ def chunked_kernel_maps(conv: nn.Conv2d, a: torch.Tensor, out_hw, chunk_elements
             yield bs, idx, h.reshape(h.shape[0], -1, *h.shape[3:])
 
 
-def group_taylor(conv, a: torch.Tensor, g: torch.Tensor, groups) -> torch.Tensor:
+def group_taylor(conv, a: torch.Tensor, g: torch.Tensor, groups, method: str = "auto",
+                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``S[k, j, i_local] = Σ_{n ∈ groups[k]} Σ_p g[n, j, p] · (a[n, i] ⋆ w[j, i_local])[p]``: the signed
     kernel Taylor terms summed over each group of images, i.e. ``⟨w_ji, ∂(Σ_{n∈k} target_n)/∂w_ji⟩`` from
     the group's ordinary (batched) weight gradient; no per-image products. Returns [len(groups),
-    out_channels, in_channels // groups] (float32 for float32 inputs).
+    out_channels, in_channels // groups] (float32 for float32 inputs), written into ``out`` when given.
 
     ``groups``: index tensors (or slices) into the batch. The batch-gradient Taylor criterion
     (Molchanov et al. 2019) takes |S| of a set's total; :func:`per_sample_taylor` summed over a group
-    equals S (tested)."""
+    equals S (tested).
+
+    ``method``: "loop" one ``convolution_backward`` per group; "mm" the weight gradient as one matmul
+    per group (``[out, n·P] @ [n·P, in·taps]``, the input unfolded for taps > 1) into a reused buffer;
+    "auto" picks "mm" for ungrouped 1x1 layers and for k x k layers with few positions (``B·P <= out``,
+    ResNet-50's layer3/4: the unfolded input is no bigger than the weight). Per-group weight gradients
+    are weight-sized and the per-call allocations page-faulted: on ResNet-50 at 64 px the mm path took
+    the 1x1 layers from 182 to 63 ms per batch of 8 groups, layer4's 3x3 from ~22 to ~8 ms each."""
     w = conv.weight.detach()
     a, pad = padded_input(conv, a.detach())
     g = g.detach().to(a.dtype)
     w = w.to(a.dtype).contiguous()
     k = w.shape[2] * w.shape[3]
-    out = torch.empty(len(groups), w.shape[0], w.shape[1], dtype=a.dtype, device=a.device)
+    if out is None:
+        out = torch.empty(len(groups), w.shape[0], w.shape[1], dtype=a.dtype, device=a.device)
+    if method == "auto":
+        P = g.shape[2] * g.shape[3]
+        method = "mm" if conv.groups == 1 and (k == 1 or a.shape[0] * P <= w.shape[0]) else "loop"
+    if method == "mm":
+        return _group_taylor_mm(conv, a, g, w, pad, groups, out)
     ones = torch.ones(k, dtype=a.dtype, device=a.device)
     for r, idx in enumerate(groups):
         gw = torch.ops.aten.convolution_backward(g[idx], a[idx], w, None, _pair(conv.stride), _pair(pad),
@@ -183,6 +197,32 @@ def group_taylor(conv, a: torch.Tensor, g: torch.Tensor, groups) -> torch.Tensor
             torch.mul(gw.view(w.shape[0], w.shape[1]), w.view(w.shape[0], w.shape[1]), out=out[r])
         else:
             torch.mv(gw.mul_(w).reshape(-1, k), ones, out=out[r].view(-1))
+    return out
+
+
+def _group_taylor_mm(conv, a, g, w, pad, groups, out) -> torch.Tensor:
+    """:func:`group_taylor` of an ungrouped conv as one matmul per group (see there)."""
+    J, C, kh, kw = w.shape
+    k, B = kh * kw, a.shape[0]
+    P = g.shape[2] * g.shape[3]
+    if k == 1 and pad == (0, 0) and _pair(conv.dilation) == (1, 1):  # a 1x1 conv: the strided input itself
+        st = _pair(conv.stride)
+        cols = a[:, :, ::st[0], ::st[1]][:, :, :g.shape[2], :g.shape[3]].reshape(B, C, P)
+    else:
+        cols = F.unfold(a, (kh, kw), _pair(conv.dilation), pad, _pair(conv.stride))  # [B, C*k, P]
+    cols = cols.transpose(1, 2)  # [B, P, C*k]
+    gm = g.reshape(B, J, P).transpose(0, 1)  # [J, B, P]
+    gw = None if k == 1 else torch.empty(J, C * k, dtype=a.dtype, device=a.device)  # reused by every group
+    ones = torch.ones(k, dtype=a.dtype, device=a.device)
+    w2 = w.view(J, C * k)
+    for r, idx in enumerate(groups):
+        gi, ci = gm[:, idx], cols[idx]
+        dst = out[r] if k == 1 else gw
+        torch.mm(gi.reshape(J, -1), ci.reshape(-1, C * k), out=dst)
+        if k == 1:
+            dst.mul_(w2)
+        else:
+            torch.mv(dst.mul_(w2).view(-1, k), ones, out=out[r].view(-1))
     return out
 
 

@@ -7,13 +7,13 @@ yields each layer's per-image scores, so callers can stream them into per-set su
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from viscnn.graph.structure import Graph
-from viscnn.importance.capture import Captured, capture, layer_modules
+from viscnn.importance.capture import Captured, capture, capture_targets, layer_modules
 from viscnn.importance.convmath import CHUNK_ELEMENTS, as_conv, group_linear_taylor, group_taylor
 from viscnn.importance.metrics import (NEEDS_GRAD, check_metrics, conv_edge_scores, linear_edge_scores, map_scores,
                                        replacement_node_taylor)
@@ -49,6 +49,7 @@ class Scorer:
         self._clone = False
         self._post: Optional[Dict[str, nn.Module]] = None  # conv name -> end of its elementwise chain
         self._zero: Dict[str, torch.Tensor] = {}  # conv name -> chain(0) per channel [C]
+        self._bufs: Dict[str, torch.Tensor] = {}  # layer name -> reused group Taylor output (reuse=True)
 
     def _chains(self, x: torch.Tensor) -> Dict[str, nn.Module]:
         """Traced once from the first batch: a conv's node score is taken after its chain."""
@@ -72,6 +73,24 @@ class Scorer:
             self._clone = True
             cap = capture(self.model, self.modules, self.graph, self.target, x, labels, True, need, post)
         return cap
+
+    def capture_with(self, x: torch.Tensor, labels: Optional[torch.Tensor], others: Sequence["Scorer"]) -> List[Captured]:
+        """This scorer's capture and those of ``others`` (scorers of the same model and graph, other
+        targets) from one forward pass: one backward per target (:func:`capture_targets`). Hand
+        ``others[i]`` its capture through ``group_layer_scores(cap=...)``."""
+        x = x.to(self.device)
+        labels = labels.to(self.device) if labels is not None else None
+        scorers = [self, *others]
+        need = any(m in NEEDS_GRAD for s in scorers for m in s.metrics)
+        post = self._chains(x)
+        for s in others:
+            s._chains(x)  # their replacement-Taylor zeros
+        targets = [s.target for s in scorers]
+        caps = None if self._clone else capture_targets(self.model, self.modules, self.graph, targets, x, labels, False, need, post)
+        if caps is None:  # an in-place op touched a kept tensor: redo (and keep doing) it safely
+            self._clone = True
+            caps = capture_targets(self.model, self.modules, self.graph, targets, x, labels, True, need, post)
+        return caps
 
     def layer_scores(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None
                      ) -> Iterator[Tuple[int, LayerScores]]:
@@ -109,7 +128,8 @@ class Scorer:
                                 nodes.get("gradient") if g is not None else None)
 
     def group_layer_scores(self, x: torch.Tensor, labels: Optional[torch.Tensor], groups: Sequence,
-                           taylor_dtype: torch.dtype = torch.float64) -> Iterator[Tuple[int, LayerScores]]:
+                           taylor_dtype: torch.dtype = torch.float64, cap: Optional[Captured] = None,
+                           reuse: bool = False) -> Iterator[Tuple[int, LayerScores]]:
         """Yield ``(layer index, {metric: (nodes [G, C], edges [G, E_layer])})``: sums over each group of
         images (``groups``: index tensors or slices into the batch), float64 on the scorer's device.
 
@@ -120,8 +140,15 @@ class Scorer:
         ``|Σ_n T_n| / n`` of the set's total (:func:`batch_set_score`). ``taylor_dtype`` float32 keeps
         those Taylor edge sums as the weight gradient computes them (the float64 copy of a 13M-edge
         layer cost prep's sparse pass 6-8 s of 55; widening a float32 to float64 is exact, so a caller
-        that sums in float64 gets the same values)."""
-        cap = self.capture(x, labels)
+        that sums in float64 gets the same values).
+
+        ``cap``: this scorer's capture of ``x`` made already (:meth:`capture_with`); ``reuse``: the
+        float32 Taylor edges of a layer are written into a buffer kept for the next batch, so they are
+        valid only until the generator is advanced (saves a weight-sized allocation per layer)."""
+        if cap is None:
+            cap = self.capture(x, labels)
+        else:
+            self._chains(cap.x)
         self.last_outputs = cap.outputs
         B = cap.x.shape[0]
         W = torch.zeros(len(groups), B, dtype=torch.float64, device=self.device)
@@ -144,11 +171,20 @@ class Scorer:
                 elif layer.kind == "linear":
                     t = group_linear_taylor(self.modules[layer.name], a, g, layer.in_channels, groups).reshape(len(groups), -1)
                 else:
-                    t = group_taylor(as_conv(self.modules[layer.name]), a, g, groups).reshape(len(groups), -1)
+                    conv = as_conv(self.modules[layer.name])
+                    t = group_taylor(conv, a, g, groups, out=self._buffer(layer.name, conv, a, len(groups)) if reuse else None)
+                    t = t.reshape(len(groups), -1)
                 t = t.to(taylor_dtype)
                 edges.update({m: t for m in tay})
             yield li, {m: (nodes[m], edges[m]) for m in self.metrics}
         self.last_values = cap.values
+
+    def _buffer(self, name: str, conv, a: torch.Tensor, n: int) -> torch.Tensor:
+        shape = (conv.weight.shape[0], conv.weight.shape[1])
+        buf = self._bufs.get(name)
+        if buf is None or buf.shape[0] < n or buf.shape[1:] != shape or buf.dtype != a.dtype or buf.device != a.device:
+            buf = self._bufs[name] = torch.empty((n, *shape), dtype=a.dtype, device=a.device)
+        return buf[:n]
 
     def __call__(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
         """Per-image scores of the whole graph: {metric: (nodes [B, N], edges [B, E])}."""

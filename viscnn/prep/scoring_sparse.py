@@ -205,10 +205,12 @@ def _batch_step(graph, scorer, own, x, y, p, pc, todo, positions, active, pool, 
     wr = [r for r, w in enumerate(whole) if w]
     div = [float(max(len(positions[todo[r]]), 1)) for r in wr]
     scratch = pool.scratch
-    for sc, prefix in ((scorer, ""), (own, OWN)):
+    # one forward for both targets (a backward each); each layer's Taylor edges in a reused buffer
+    caps = scorer.capture_with(x, y, [own] if own is not None else [])
+    for sc, prefix, cap in ((scorer, "", caps[0]), (own, OWN, caps[-1])):
         if sc is None:
             continue
-        for li, scores in sc.group_layer_scores(x, y, groups, taylor_dtype=torch.float32):
+        for li, scores in sc.group_layer_scores(x, y, groups, taylor_dtype=torch.float32, cap=cap, reuse=True):
             l = graph.layers[li]
             nsl = slice(l.node_offset, l.node_offset + l.channels)
             esl = slice(l.edge_offset, l.edge_offset + (l.num_edges if l.kind != "input" else 0))
