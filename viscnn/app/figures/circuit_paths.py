@@ -39,10 +39,10 @@ def sinks(graph, edges: np.ndarray, src: Optional[np.ndarray] = None) -> np.ndar
     edges' source nodes, when already known)."""
     if src is None:
         _, src = _sources(graph, np.asarray(edges, np.int64))
-    feeds = np.zeros(graph.num_nodes, bool)
-    feeds[src] = True
-    tgt = np.unique(np.asarray(graph.edge_target)[edges])
-    return tgt[~feeds[tgt]]
+    ends = np.zeros(graph.num_nodes, bool)
+    ends[np.asarray(graph.edge_target)[edges]] = True
+    ends[src] = False
+    return np.flatnonzero(ends)
 
 
 def _scatter_best(best: np.ndarray, ptr: np.ndarray, keys: np.ndarray, vals: np.ndarray, payload: np.ndarray) -> None:
@@ -63,7 +63,8 @@ class WidestPaths:
 
     def __init__(self, graph, edges, scores):
         self.edges = e = np.sort(np.asarray(edges, np.int64))
-        w = np.abs(np.asarray(scores, np.float64)[e])
+        w = np.abs(np.asarray(scores)[e].astype(np.float64))  # not the whole graph's scores to float64
+        self.w = w
         self.tgt = tgt = np.asarray(graph.edge_target)[e].astype(np.int64)
         owner, src = _sources(graph, e)
         n = graph.num_nodes
@@ -128,7 +129,7 @@ def capped_path_edges(graph, edges, scores, max_edges: int) -> np.ndarray:
     if len(edges) <= max_edges:
         return np.sort(edges)
     wp = WidestPaths(graph, edges, scores)
-    w = np.abs(np.asarray(scores, np.float64)[wp.edges])
+    w = wp.w
     chosen: set = set()
     for i in _ranked(wp.score, w, 8 * max_edges):  # at most 8 tries per edge of room
         if wp.score[i] <= 0 or len(chosen) >= max_edges:
