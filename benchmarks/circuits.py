@@ -131,6 +131,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or cuda: where circuits are found and measured")
     ap.add_argument("--classes", default="0-9", help="class targets: 0-9 or 1,7")
+    ap.add_argument("--json", help="also write every row and curve point to this file")
     args = ap.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import numpy as np
@@ -157,16 +158,30 @@ def main() -> None:
               f"  goal met {goal}/{len(rs)}  beats best random {beat}/{len(rs)}  max time {max(r['seconds'] for r in rs):.1f} s"
               f"  (goal <= {GOAL_SECONDS:.0f} s)")
     if any(res["curves"].values()):
-        print("\nfaithfulness vs size (mean over the curve classes: pearson / relative error)")
-        print(f"{'size':<10}" + "".join(f"{m:>22}" for m in methods))
+        print("\nfaithfulness vs size (mean over the curve classes: pearson / relative error; min pearson; "
+              "classes meeting the goal)")
+        print(f"{'size':<10}" + "".join(f"{m:>36}" for m in methods))
+        smallest = {}
         for i, s in enumerate(res["sizes"]):
             cells = []
             for m in methods:
                 pts = [c[i] for c in res["curves"][m]]
-                p = np.mean([x[0] if x[0] is not None else 0 for x in pts]) if pts else float("nan")
+                ps = [x[0] if x[0] is not None else 0 for x in pts]
+                p = np.mean(ps) if pts else float("nan")
                 r = np.mean([x[1] for x in pts]) if pts else float("nan")
-                cells.append(f"{p:>10.3f} / {r:<9.3f}")
-            print(f"{100 * s:>5.1f}%    " + "".join(f"{c:>22}" for c in cells))
+                ok = sum(a >= GOAL_PEARSON and (b if b is not None else 9) <= GOAL_REL for a, (_, b) in zip(ps, pts))
+                if pts and ok == len(pts):
+                    smallest.setdefault(m, s)
+                cells.append(f"{p:>7.3f} / {r:<6.3f} min {min(ps, default=float('nan')):.3f} {ok:>2}/{len(pts)}")
+            print(f"{100 * s:>5.1f}%    " + "".join(f"{c:>36}" for c in cells))
+        for m in methods:
+            where = f"{100 * smallest[m]:.1f}%" if m in smallest else "none of the sizes"
+            print(f"  {m}: smallest size where every curve class meets the goal: {where}")
+    if args.json:
+        from viscnn.io import atomic_write_text
+        import json
+
+        atomic_write_text(args.json, json.dumps(res, indent=1, default=float))
 
 
 if __name__ == "__main__":
