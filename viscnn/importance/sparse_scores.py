@@ -132,7 +132,7 @@ def select_layer(seg, mass: float, min_per_layer: int, max_fraction: float):
     The fewest highest-|score| edges holding ``mass`` of the layer's |score| total, at least
     ``min_per_layer``, at most ``max_fraction`` of the layer (all nonzero edges when that many or fewer),
     in the order of a stable descending sort of |score| (ties by index). A layer past ``SAMPLE_ABOVE``
-    edges is first cut to the entries above a threshold estimated from an even sample (one pass), and
+    edges is first cut to the entries above a threshold estimated from an odd-stride sample (one pass), and
     only those are ranked; where the estimate leaves fewer than the cap, all nonzero entries are. This
     runs once per class, metric and layer (ResNet-50: 13.6M edges per row), so it makes as few passes
     over the layer as it can: |.|, the float64 total, one comparison; the rest is on the ~1.5x cap
@@ -151,10 +151,17 @@ def _select(s: np.ndarray, tot: float, mass: float, min_per_layer: int, max_frac
     cap = max(min_per_layer, int(np.ceil(max_fraction * n)))
     cand, nnz = None, None
     if n > SAMPLE_ABOVE and 8 * cap < n:
-        sample = s[::max(1, n // 16384)]
-        r = min(sample.shape[0], max(1, int(sample.shape[0] * (1.0 - 1.5 * cap / n))))  # ~1.5x cap expected above
-        thr = np.partition(sample, r - 1)[r - 1]
-        cand = np.flatnonzero(np.greater(s, thr, out=_scratch("mask", n, bool)))  # ascending, every one nonzero
+        # an odd stride: a power-of-two one samples a few input channels of every [out, in] row only, and a
+        # threshold from those left fewer than ``cap`` candidates on ResNet-50's layer4 (then all 52% nonzero
+        # entries were ranked, 6 ms a row instead of 1); a second, lower threshold before that fallback
+        sample = s[::max(1, n // 16384) | 1]
+        ranks = [min(sample.shape[0], max(1, int(sample.shape[0] * (1.0 - e * cap / n)))) - 1 for e in (1.5, 6.0)]
+        sample = np.partition(sample, sorted(set(ranks)))  # ~1.5x, then ~6x cap expected above
+        for r in ranks:
+            thr = sample[r]
+            cand = np.flatnonzero(np.greater(s, thr, out=_scratch("mask", n, bool)))  # ascending, every one nonzero
+            if thr <= 0 or cand.shape[0] >= cap:
+                break
         if thr <= 0:  # every nonzero entry
             nnz = cand.shape[0]
         elif cand.shape[0] < cap:
