@@ -304,3 +304,21 @@ def test_threshold_change_does_not_redraw_the_panel_unless_it_shows_the_circuit(
     assert any('"output":"..panel.children' in p for p in posts)
     assert "kernels zeroed" in page.inner_text("#ablate-info")
     page.click("#ablate-clear")
+
+
+def test_empty_circuit_links_the_strictest_top_k(browser, server):
+    """top-k 1 keeps no path; the warning's link opens the strictest top-k that does, drawn."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    pg.set_default_timeout(45000)
+    pg.goto(server[0] + "/?model=fmnist&mode=topk&value=1")
+    wait_ready(pg)
+    pg.wait_for_selector("#empty-fix")
+    k = int(pg.inner_text("#empty-fix").replace(",", ""))
+    assert k > 1 and pg.inner_text("#drawn-count") == "0"
+    pg.click("#empty-fix")
+    pg.wait_for_function(f"location.search.includes('value={k}')")
+    wait_ready(pg)
+    pg.wait_for_function("+(document.querySelector('#drawn-count')?.innerText ?? '0') > 0")
+    assert pg.query_selector("#empty-fix") is None
+    ctx.close()

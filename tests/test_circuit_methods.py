@@ -221,6 +221,12 @@ def test_sizes_specs_and_cli_errors(tmp_path, capsys):
     assert main(base + ["--min-score", "1e9"]) == 0
     err = capsys.readouterr().err
     assert "circuit is empty" in err and "strictest threshold that keeps a path is --min-score" in err
+    assert main(base + ["--keep", "1", "--method", "taylor"]) == 0  # one kernel cannot span 3 layers
+    err = capsys.readouterr().err
+    k = int(err.split("keeps a path is --keep ")[1].split()[0])
+    assert "circuit is empty" in err and k >= 3
+    assert main(base + ["--keep", str(k), "--method", "taylor"]) == 0
+    assert "circuit is empty" not in capsys.readouterr().err
 
 
 def test_learned_with_mean_ablation_returns_the_size(setup):

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from viscnn.app.figures.circuit_paths import capped_path_edges, path_scores, sinks
+from viscnn.app.figures.circuit_paths import capped_path_edges
+from viscnn.graph.widest_paths import path_scores, sinks
 from viscnn.graph import build_graph
 
 
@@ -80,7 +81,7 @@ def test_capped_edges_are_whole_paths(graph, k):
     assert set(sinks(graph, got).tolist()) <= ends
     assert (within > 0).all()
     # the widest path comes first: the top edge's best path is drawn whole
-    from viscnn.app.figures.circuit_paths import WidestPaths
+    from viscnn.graph.widest_paths import WidestPaths
 
     wp = WidestPaths(graph, edges, scores)
     first = np.lexsort((-np.abs(scores[wp.edges]), -wp.score))[0]
@@ -108,7 +109,7 @@ def test_resnet18_cap_is_connected():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_traced_path_is_a_complete_path_with_its_score(graph, seed):
-    from viscnn.app.figures.circuit_paths import WidestPaths
+    from viscnn.graph.widest_paths import WidestPaths
 
     rng = np.random.default_rng(seed)
     scores = rng.normal(size=graph.num_edges)

@@ -121,8 +121,14 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
                              "circuit holds every stored edge there and may lack edges the full scores would keep; "
                              "tighten the threshold for an exact circuit.", className="warn", id="sparse-warning"))
     if not len(edges):
-        info.append(html.Span(" — empty: no path from the input to the target survives this threshold; loosen it.",
-                              className="warn"))
+        from viscnn.app.views.circuit import method as M
+        from viscnn.app.views.circuit.strictest import empty_hint
+
+        if M.method_of(s) == M.DEFAULT_METHOD:  # a threshold circuit: say which threshold keeps a path
+            info.append(empty_hint(actx, s, r))
+        else:
+            info.append(html.Span(" — empty: no path from the input to the target survives; keep more kernels.",
+                                  className="warn"))
 
     def thumb(n):  # conv nodes only: input channels have no picture, class nodes are labelled boxes
         return routes.fv_url(name, n, stretch=True) if g.layers[int(g.node_layer[n])].kind == "conv" else None

@@ -89,7 +89,8 @@ def run(args) -> int:
     else:
         keep = args.keep
     from viscnn.importance.faithfulness import heldout_spec
-    from viscnn.importance.methods import DEFAULT_METHOD, find_circuit, strictest_threshold
+    from viscnn.importance.methods import DEFAULT_METHOD, find_circuit
+    from viscnn.importance.strictest import strictest_by_paths
 
     method = args.method or ("taylor" if keep is None else DEFAULT_METHOD)
     if method != "taylor" and keep is None:
@@ -124,9 +125,10 @@ def run(args) -> int:
 
             ns, es = compute_scores(model, graph, target, batches(), [args.metric], device=args.device)[args.metric]
             rule = circuit.settings["rule"]
-            v = strictest_threshold(graph, ns, es, rule, target.sink_nodes(graph)) if rule != "keep" else None
+            v = strictest_by_paths(graph, es, rule, target.sink_nodes(graph))
             if v is not None:
-                hint = f"; the strictest threshold that keeps a path is --{rule.replace('_', '-')} {v:.6g}"
+                val = f"{int(v)}" if rule == "keep" else f"{v:.6g}"
+                hint = f"; the strictest threshold that keeps a path is --{rule.replace('_', '-')} {val}"
         print("warning: the circuit is empty: no path from the input to the target survives this threshold; "
               "loosen it (a larger --keep or --mass, a lower --min-score)" + hint, file=sys.stderr)
     if not mspec:
