@@ -124,3 +124,43 @@ def test_traced_path_is_a_complete_path_with_its_score(graph, seed):
         assert set(links[ptr[e[0]]:ptr[e[0] + 1], 1].tolist()) & inputs and int(graph.edge_target[e[-1]]) in ends
         for a, b in zip(e[:-1], e[1:]):  # each kernel reads the filter the one before it makes
             assert int(graph.edge_target[a]) in links[ptr[b]:ptr[b + 1], 1].tolist()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_union_of_paths_and_strongest_paths(graph, seed):
+    """The vectorised trace equals tracing each path in Python; the strongest paths are the largest
+    prefix of the path-score order whose union fits the budget."""
+    from viscnn.graph.widest_paths import WidestPaths
+
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=graph.num_edges)
+    wp = WidestPaths(graph, np.flatnonzero(rng.random(graph.num_edges) < 0.8), scores)
+    live = np.flatnonzero(wp.score > 0)
+    starts = rng.choice(live, size=min(4, len(live)), replace=False)
+    ref = sorted({p for i in starts for p in wp.path(int(i))})
+    assert wp.union_of_paths(starts).tolist() == ref
+    order = live[np.lexsort((-wp.w[live], -wp.score[live]))]
+    for budget in (3, 6, 10, 25):
+        got = wp.strongest_paths(budget)
+        assert len(got) <= budget
+        m = next((j for j in range(len(order) + 1) if j == len(order) or len(wp.union_of_paths(order[:j + 1])) > budget),
+                 len(order))
+        want = wp.union_of_paths(order[:m]).tolist() if m else []
+        assert got.tolist() == want
+
+
+def test_select_drawn_leads_with_whole_paths(graph):
+    from viscnn.app.figures import graph3d
+    from viscnn.graph.widest_paths import WidestPaths
+
+    rng = np.random.default_rng(7)
+    scores = rng.normal(size=graph.num_edges)
+    edges = rng.permutation(np.flatnonzero(rng.random(graph.num_edges) < 0.9))
+    for k in (6, 12, 20):
+        got = graph3d.select_drawn(edges, scores, k, graph=graph)
+        wp = WidestPaths(graph, edges, scores)
+        first = wp.edges[wp.strongest_paths(k // 2)]
+        rest = [e for e in sorted(edges.tolist(), key=lambda e: -abs(scores[e])) if e not in set(first.tolist())]
+        assert got.tolist() == sorted(first.tolist() + rest[: k - len(first)])
+        assert len(first) > 0 and (path_scores(graph, first, np.ones(graph.num_edges)) > 0).all()
+        assert np.array_equal(got, graph3d.select_drawn(edges, scores, k, paths=wp))

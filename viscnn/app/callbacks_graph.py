@@ -91,7 +91,13 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
     name = s["model"]
     labels = actx.labels(name)
     edges = np.asarray(circ.edges, np.int64)
-    drawn = graph3d.select_drawn(edges, r.edge_scores, max_edges)
+    cap2d = st.clamp_cap(s.get("cap", st.CAP_DEFAULT))
+    paths = None
+    if len(edges) > min(max_edges, cap2d):  # one widest-path pass for both the 3D and the 2D level of detail
+        from viscnn.graph.widest_paths import WidestPaths
+
+        paths = WidestPaths(g, edges, r.edge_scores)
+    drawn = graph3d.select_drawn(edges, r.edge_scores, max_edges, paths=paths)
     sel_node = selected_node(g, s.get("sel", ""))
     cnode = None
     if center and center.get("sel") == s.get("sel") and sel_node is not None:
@@ -111,7 +117,8 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
     basis = queries.basis(pm, r.query, bool(r.run_key), r.run_info)
     info = [f"Circuit: {len(circ.nodes)} nodes, {len(edges)} of {g.num_edges} edges. Drawing ",
             html.B(str(len(drawn)), id="drawn-count", title=f"{s['mode']}={st.fmt_value(s['value'])}"), " edges",
-            html.Span(f"; {hidden} less important circuit edges hidden (level of detail keeps the top {max_edges})"
+            html.Span(f"; {hidden} less important circuit edges hidden (level of detail keeps {max_edges}: the "
+                      f"strongest whole input-to-target paths, up to {max_edges // 2}, then the highest |score|)"
                       if hidden else "", id="hidden-count"),
             html.Span(_node_lod(g, circ, r.node_scores, drawn, sel_node), id="context-count"),
             html.Span(f"{s['target']}|{s['set']}|{s['metric']}", id="circuit-of", style={"display": "none"}),
@@ -134,9 +141,9 @@ def circuit_props(actx, s: dict, center: Optional[dict] = None,
         return routes.fv_url(name, n, stretch=True) if g.layers[int(g.node_layer[n])].kind == "conv" else None
 
     c2 = cy.circuit_elements(g, circ.nodes, edges, r.edge_scores, thumb, lambda e: routes.kernel_url(name, e),
-                             max_edges=st.clamp_cap(s.get("cap", st.CAP_DEFAULT)), signs=r.signs, labels=labels,
+                             max_edges=cap2d, signs=r.signs, labels=labels,
                              selected=s.get("sel"), is_stretched=lambda n: routes.fv_is_low_contrast(pm, n),
-                             ablated=(abl_nodes, abl_edges))
+                             ablated=(abl_nodes, abl_edges), paths=paths)
     count = (f"showing {c2.shown_edges} of {c2.total_edges} circuit edges"
              + (" (the strongest whole input-to-target paths: each path ranked by its weakest |score|; raise the cap to see more)" if c2.shown_edges < c2.total_edges else ""))
     ns = np.asarray(r.node_scores, np.float64)

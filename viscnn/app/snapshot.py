@@ -131,7 +131,7 @@ def snapshot_html(graph, nodes: Sequence[int], edges: Sequence[int], node_scores
         from viscnn.app.context import grid_layout
 
         positions = graph3d.node_positions(graph, grid_layout(graph))
-    drawn = graph3d.select_drawn(edges, es, HTML_MAX_EDGES)
+    drawn = graph3d.select_drawn(edges, es, HTML_MAX_EDGES, graph=graph)
     fig = graph3d.graph_figure(graph, positions, nodes, drawn, ns, es)
     # the page's graph panel is narrower than the app's (3/5 of the window, full height): a camera a little
     # farther back keeps the first and last layer's names inside it

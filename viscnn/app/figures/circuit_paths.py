@@ -19,7 +19,7 @@ import numpy as np
 from viscnn.graph.widest_paths import WidestPaths
 
 
-def capped_path_edges(graph, edges, scores, max_edges: int) -> np.ndarray:
+def capped_path_edges(graph, edges, scores, max_edges: int, paths=None) -> np.ndarray:
     """At most ``max_edges`` of the circuit ``edges``, sorted: whole best paths, taken for the edges in
     order of path score (then |score|) when they fit (a path longer than the room left is skipped, so
     fewer than ``max_edges`` may be drawn), then, while room is left, the strongest edges on no complete
@@ -27,7 +27,7 @@ def capped_path_edges(graph, edges, scores, max_edges: int) -> np.ndarray:
     edges = np.asarray(edges, np.int64)
     if len(edges) <= max_edges:
         return np.sort(edges)
-    wp = WidestPaths(graph, edges, scores)
+    wp = paths if paths is not None else WidestPaths(graph, edges, scores)
     w = wp.w
     chosen: set = set()
     for i in _ranked(wp.score, w, 8 * max_edges):  # at most 8 tries per edge of room

@@ -194,13 +194,13 @@ def _spread(ys: List[float], gap: float, lo: float, hi: float) -> List[float]:
     return out
 
 
-def capped_edges(graph, edges: np.ndarray, scores: np.ndarray, max_edges: int) -> np.ndarray:
+def capped_edges(graph, edges: np.ndarray, scores: np.ndarray, max_edges: int, paths=None) -> np.ndarray:
     """The ``max_edges`` edges the 2D diagram draws, sorted: whole input-to-target paths, strongest
     (widest) first (:mod:`viscnn.app.figures.circuit_paths`). A global top-k by |score| is taken almost
     whole by the input->conv1 kernels, a per-layer share leaves a deep circuit in fragments."""
     from viscnn.app.figures.circuit_paths import capped_path_edges
 
-    return capped_path_edges(graph, edges, scores, max_edges)
+    return capped_path_edges(graph, edges, scores, max_edges, paths)
 
 
 def circuit_elements(graph, nodes: Sequence[int], edges: Sequence[int], edge_scores: np.ndarray,
@@ -208,7 +208,7 @@ def circuit_elements(graph, nodes: Sequence[int], edges: Sequence[int], edge_sco
                      max_edges: int = MAX_EDGES_2D, signs: Optional[np.ndarray] = None,
                      labels: Optional[Sequence[str]] = None, selected: Optional[str] = None,
                      is_stretched: Optional[Callable[[int], bool]] = None,
-                     ablated: Tuple[Sequence[int], Sequence[int]] = ((), ())) -> Circuit2D:
+                     ablated: Tuple[Sequence[int], Sequence[int]] = ((), ()), paths=None) -> Circuit2D:
     """Elements for at most ``max_edges`` circuit edges (:func:`capped_edges`: the strongest whole
     paths) and the nodes they touch.
 
@@ -220,6 +220,7 @@ def circuit_elements(graph, nodes: Sequence[int], edges: Sequence[int], edge_sco
     ``"selected": True`` and class ``sel``. ``is_stretched(n)``: whether node ``n``'s thumbnail is
     contrast-stretched (marked with class ``stretched`` and a note in ``data.title``).
     ``ablated``: (nodes, edges) zeroed by the user's ablations, drawn with a dotted black border.
+    ``paths``: the circuit's :class:`~viscnn.graph.widest_paths.WidestPaths`, when already made.
     """
     abl_nodes, abl_edges = {int(n) for n in ablated[0]}, {int(e) for e in ablated[1]}
     edges = np.asarray(edges, np.int64)
@@ -227,7 +228,7 @@ def circuit_elements(graph, nodes: Sequence[int], edges: Sequence[int], edge_sco
     s = np.asarray(edge_scores)  # indexed per drawn edge below: no float64 copy of all E scores
     max_edges = max(0, int(max_edges))
     if total > max_edges:
-        edges = capped_edges(graph, edges, s, max_edges)
+        edges = capped_edges(graph, edges, s, max_edges, paths)
     nodes = np.asarray(nodes, np.int64)
     in_circuit = set(int(n) for n in nodes)
     links = graph.links

@@ -64,14 +64,29 @@ def node_positions(graph, xy: np.ndarray, layer_gap: float = LAYER_GAP) -> np.nd
     return pos.astype(np.float32)
 
 
-def select_drawn(edges: np.ndarray, scores: np.ndarray, max_edges: int = MAX_EDGES) -> np.ndarray:
-    """The ``max_edges`` circuit edges with the largest |score| (all of them if fewer), sorted."""
+def select_drawn(edges: np.ndarray, scores: np.ndarray, max_edges: int = MAX_EDGES, graph=None,
+                 paths=None) -> np.ndarray:
+    """At most ``max_edges`` circuit edges (all of them if fewer), sorted. With the ``graph``: first the
+    circuit's strongest whole input-to-target paths, up to half the budget
+    (:meth:`viscnn.graph.widest_paths.WidestPaths.strongest_paths`), then the largest |score| left;
+    without it, the largest |score| only. (Top |score| alone drew 1,500 kernels of a ResNet-50 circuit
+    of which none lay on a drawn path from the input to the target.) ``paths``: the circuit's
+    :class:`~viscnn.graph.widest_paths.WidestPaths` when already made (the 2D diagram shares it)."""
     edges = np.asarray(edges, np.int64)
     if len(edges) <= max_edges:
         return edges
-    s = np.abs(np.asarray(scores)[edges])
-    top = np.argpartition(-s, max_edges - 1)[:max_edges]
-    return np.sort(edges[top])
+    s = np.abs(np.asarray(scores)[edges]).astype(np.float64)
+    first = np.zeros(0, np.int64)
+    if graph is not None or paths is not None:
+        from viscnn.graph.widest_paths import WidestPaths
+
+        order = np.argsort(edges, kind="stable")
+        wp = paths if paths is not None else WidestPaths(graph, edges, scores)
+        first = order[wp.strongest_paths(max_edges // 2)]  # positions into ``edges``
+        s[first] = -np.inf
+    rest = max_edges - len(first)
+    top = np.argpartition(-s, rest - 1)[:rest] if rest > 0 else np.zeros(0, np.int64)
+    return np.sort(np.concatenate([edges[first], edges[top]]))
 
 
 def _links_of(graph, edges: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
