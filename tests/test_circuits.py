@@ -169,6 +169,14 @@ def test_masked_model_and_faithfulness():
     rep = faithfulness(m, g, t, c, [(x, None)], n_random=3)
     assert rep["edges"] == len(c.edges) and rep["random_circuits"] == 3
     assert set(rep["random"]) >= {"pearson", "spearman", "relative_error", "pearson_std"}
+    # two images always correlate at +-1: no Pearson/Spearman then, and the report says why
+    two = faithfulness(m, g, t, every, [(x[:2], None)], n_random=1)
+    assert two["circuit"]["pearson"] is None and two["circuit"]["spearman"] is None
+    assert two["circuit"]["relative_error"] < 1e-6 and "need at least 3" in two["warning"]
+    assert "need at least" not in rep.get("warning", "")  # 24 images
+    from viscnn.importance.faithfulness import compare
+
+    assert compare(np.array([1.0, 2.0, 4.0]), np.array([1.0, 2.5, 3.0]))["pearson"] is not None
 
 
 def test_image_set_expressions():

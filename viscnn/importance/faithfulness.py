@@ -63,10 +63,15 @@ def random_edges(graph: Graph, circuit_edges: np.ndarray, rng: np.random.Generat
     return np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
 
 
+MIN_CORRELATION_IMAGES = 3  # two points always correlate at +-1: "Pearson 1.00" on 2 images says nothing
+
+
 def compare(full: np.ndarray, part: np.ndarray) -> Dict[str, Optional[float]]:
+    """Pearson, Spearman (None on fewer than :data:`MIN_CORRELATION_IMAGES` values or a constant one)
+    and relative error mean|part - full| / mean|full| of a circuit's target values against the full model's."""
     from scipy.stats import pearsonr, spearmanr
 
-    ok = len(full) > 1 and np.std(full) > 0 and np.std(part) > 0
+    ok = len(full) >= MIN_CORRELATION_IMAGES and np.std(full) > 0 and np.std(part) > 0
     pr = float(pearsonr(full, part)[0]) if ok else None
     sr = float(spearmanr(full, part)[0]) if ok else None
     denom = float(np.mean(np.abs(full)))
@@ -161,8 +166,14 @@ def faithfulness(model: nn.Module, graph: Graph, target: Target, circuit: Circui
             extra["predictions"].update(others=int(sum(len(a) for a in of)),
                                         others_called_class_full=float(np.mean(np.concatenate(of))),
                                         others_called_class_circuit=float(np.mean(np.concatenate(oc))))
+    warn = []
     if not len(circuit.edges):
-        extra["warning"] = "the circuit is empty: no path from the input to the target survives its threshold"
+        warn.append("the circuit is empty: no path from the input to the target survives its threshold")
+    if len(v["full"]) < MIN_CORRELATION_IMAGES:
+        warn.append(f"{len(v['full'])} image(s): Pearson and Spearman need at least {MIN_CORRELATION_IMAGES} "
+                    "(two values always correlate at ±1); only the relative error means something here")
+    if warn:
+        extra["warning"] = "; ".join(warn)
     return {**extra, "ablation": ablation,"images": int(len(v["full"])), "nodes": int(len(circuit.nodes)), "edges": int(len(circuit.edges)),
             "total_edges": int(graph.num_edges), "circuit": compare(v["full"], v["circuit"]),
             "random": summary, "random_circuits": n_random,

@@ -99,7 +99,7 @@ def faith_children(rep: dict) -> list:
                      f"these images class {p['class']} (full model {100 * p['accuracy_full']:.0f}%).")
     if rep.get("warning"):
         parts.append(html.Span(" " + rep["warning"], className="warn"))
-    if rep.get("curve"):
+    if rep.get("curve") and any(v is not None for v in rep["curve"].get("pearson", [])):  # else nothing to plot
         from dash import dcc
 
         from viscnn.app.figures.faith_curve import faith_curve_figure
