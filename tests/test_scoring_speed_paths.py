@@ -94,3 +94,21 @@ def test_one_forward_for_both_targets_equals_two_captures():
     assert any(float(ref[(m, li)][1].abs().max()) > 0 for m, li in ref if m == "own.taylor" and ref[(m, li)][1].numel())
     for k, v in model.state_dict().items():  # the user's model is untouched
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("positions", [1, 4])
+def test_group_linear_taylor_into_a_buffer_equals_the_formula(positions):
+    from viscnn.importance.convmath import group_linear_taylor
+
+    torch.manual_seed(0)
+    C, K = 6, 5
+    lin = nn.Linear(C * positions, K)
+    a, g = torch.randn(7, C, positions), torch.randn(7, K)
+    groups = [slice(0, 3), torch.tensor([3, 6]), torch.tensor([4, 5])]
+    W = lin.weight.detach().view(K, C, positions)
+    want = torch.stack([(W * torch.einsum("nk,ncs->kcs", g[idx], a[idx])).sum(2) for idx in groups])
+    out = torch.full((3, K, C), float("nan"))
+    got = group_linear_taylor(lin, a, g, C, groups, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(group_linear_taylor(lin, a, g, C, groups), want, rtol=1e-5, atol=1e-6)

@@ -226,16 +226,21 @@ def _group_taylor_mm(conv, a, g, w, pad, groups, out) -> torch.Tensor:
     return out
 
 
-def group_linear_taylor(lin: nn.Linear, a: torch.Tensor, g: torch.Tensor, in_channels: int, groups) -> torch.Tensor:
+def group_linear_taylor(lin: nn.Linear, a: torch.Tensor, g: torch.Tensor, in_channels: int, groups,
+                        out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The class layer's edges (class k, channel c) as :func:`group_taylor`: ``S[r, k, c] = Σ_s W[k, c, s] ·
     Σ_{n∈groups[r]} g[n, k] a[n, c, s]`` (the weight gradient of the group's summed target times W).
-    Returns [len(groups), K, in_channels]."""
+    Returns [len(groups), K, in_channels], written into ``out`` (float32) when given."""
     W = lin.weight.detach().float()
     K = W.shape[0]
     S = W.shape[1] // in_channels
     af, gf = a.detach().reshape(a.shape[0], -1).float(), g.detach().reshape(g.shape[0], -1).float()
-    out = torch.empty(len(groups), K, in_channels, dtype=torch.float32, device=W.device)
+    if out is None:
+        out = torch.empty(len(groups), K, in_channels, dtype=torch.float32, device=W.device)
     for r, idx in enumerate(groups):
+        if S == 1:  # one position per channel (after a global pool): the gradient straight into out
+            torch.mm(gf[idx].T, af[idx], out=out[r]).mul_(W)
+            continue
         gw = gf[idx].T @ af[idx]  # [K, in*S]
         torch.sum(gw.mul_(W).view(K, in_channels, S), 2, out=out[r])
     return out

@@ -169,21 +169,23 @@ class Scorer:
                 if a is None or g is None:
                     t = torch.zeros(len(groups), layer.num_edges, dtype=taylor_dtype, device=self.device)
                 elif layer.kind == "linear":
-                    t = group_linear_taylor(self.modules[layer.name], a, g, layer.in_channels, groups).reshape(len(groups), -1)
+                    buf = self._buffer(layer.name, (layer.channels, layer.in_channels), torch.float32, a.device, len(groups)) if reuse else None
+                    t = group_linear_taylor(self.modules[layer.name], a, g, layer.in_channels, groups, out=buf).reshape(len(groups), -1)
                 else:
                     conv = as_conv(self.modules[layer.name])
-                    t = group_taylor(conv, a, g, groups, out=self._buffer(layer.name, conv, a, len(groups)) if reuse else None)
+                    buf = self._buffer(layer.name, tuple(conv.weight.shape[:2]), a.dtype, a.device, len(groups)) if reuse else None
+                    t = group_taylor(conv, a, g, groups, out=buf)
                     t = t.reshape(len(groups), -1)
                 t = t.to(taylor_dtype)
                 edges.update({m: t for m in tay})
             yield li, {m: (nodes[m], edges[m]) for m in self.metrics}
         self.last_values = cap.values
 
-    def _buffer(self, name: str, conv, a: torch.Tensor, n: int) -> torch.Tensor:
-        shape = (conv.weight.shape[0], conv.weight.shape[1])
+    def _buffer(self, name: str, shape, dtype, device, n: int) -> torch.Tensor:
+        """A layer's reused [n, *shape] group Taylor output (``reuse=True``)."""
         buf = self._bufs.get(name)
-        if buf is None or buf.shape[0] < n or buf.shape[1:] != shape or buf.dtype != a.dtype or buf.device != a.device:
-            buf = self._bufs[name] = torch.empty((n, *shape), dtype=a.dtype, device=a.device)
+        if buf is None or buf.shape[0] < n or tuple(buf.shape[1:]) != tuple(shape) or buf.dtype != dtype or buf.device != device:
+            buf = self._bufs[name] = torch.empty((n, *shape), dtype=dtype, device=device)
         return buf[:n]
 
     def __call__(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
