@@ -112,7 +112,8 @@ class Scorer:
             return map_scores(cap.x, cap.x_grad, self.metrics, B, layer.channels, None, self.device)
         mod = self.modules[layer.name]
         y, g = cap.outputs.get(layer.name), cap.grads.get(layer.name)
-        wmag = mod.weight.detach().abs().reshape(layer.channels, -1).mean(1)
+        # only the "weight" metric reads it (a pass over every weight per layer and batch otherwise)
+        wmag = mod.weight.detach().abs().reshape(layer.channels, -1).mean(1) if "weight" in self.metrics else None
         nodes = map_scores(y, g, self.metrics, B, layer.channels, wmag, self.device)
         if layer.kind != "linear" and layer.name in cap.post_grads:
             nodes.update(replacement_node_taylor(cap.post[layer.name], cap.post_grads[layer.name],
