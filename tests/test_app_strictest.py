@@ -44,3 +44,15 @@ def test_empty_circuit_links_the_strictest_threshold(actx, mode, value, looser, 
     if mode == "score":
         assert len(actx.resolve(dict(s, value=v * 1.001)).circuit.edges) == 0
     assert len(actx.resolve(dict(s, value=looser(v))).circuit.edges) > 0
+
+
+def test_display_value_rounds_towards_looser():
+    from viscnn.app import state as st
+    from viscnn.app.views.circuit.strictest import display_value
+
+    for v in (0.0344720184803009, 0.0457388, 1.0, 123456.789, 3.3e-7):
+        d = display_value("score", v)
+        assert d <= v and len(st.fmt_value(d).replace("0.", "").lstrip("0")) <= 12 and (v - d) <= 1e-5 * v
+    assert display_value("score", 0.0344720184803009) == 0.034472
+    assert display_value("mass", 0.00836412125391131) == 0.0084 and display_value("mass", 0.99995) == 1.0
+    assert display_value("topk", 11804.0) == 11804.0

@@ -22,7 +22,9 @@ def display_value(mode: str, v: float) -> float:
     if v <= 0:
         return v
     q = 10.0 ** (math.floor(math.log10(v)) - 5)  # 6 significant digits, rounded down
-    return math.floor(v / q) * q
+    k = math.floor(v / q)
+    d = float(f"{k * q:.6g}")  # the short decimal (0.034472, not 0.034471999999999996)
+    return d if d <= v else float(f"{(k - 1) * q:.6g}")
 
 
 def strictest_value(actx, s: dict, r) -> Optional[float]:
