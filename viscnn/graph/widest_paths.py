@@ -21,20 +21,11 @@ def _layer_runs(graph, edges: np.ndarray):
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _sources(graph, edges: np.ndarray):
-    """(position in ``edges``, source node) of every source link of ``edges``, grouped by edge."""
-    lo = graph.link_ptr[edges]
-    counts = graph.link_ptr[edges + 1] - lo
-    owner = np.repeat(np.arange(len(edges)), counts)
-    rows = np.arange(len(owner)) + (lo - (np.cumsum(counts) - counts))[owner]
-    return owner, graph.links[:, 1][rows].astype(np.int64)
-
-
 def sinks(graph, edges: np.ndarray, src: Optional[np.ndarray] = None) -> np.ndarray:
     """Circuit nodes where paths end: targets of circuit edges that feed no circuit edge (``src``: the
     edges' source nodes, when already known)."""
     if src is None:
-        _, src = _sources(graph, np.asarray(edges, np.int64))
+        _, src = graph.link_rows(edges)
     ends = np.zeros(graph.num_nodes, bool)
     ends[np.asarray(graph.edge_target)[edges]] = True
     ends[src] = False
@@ -63,7 +54,7 @@ class WidestPaths:
         w = np.abs(np.asarray(scores)[e].astype(np.float64))  # not the whole graph's scores to float64
         self.w = w
         self.tgt = tgt = np.asarray(graph.edge_target)[e].astype(np.int64)
-        owner, src = _sources(graph, e)
+        owner, src = graph.link_rows(e)
         n = graph.num_nodes
         is_input = np.zeros(n, bool)
         for l in graph.layers:
@@ -107,7 +98,6 @@ class WidestPaths:
             out.append(p)
             v = int(self.tgt[p])
         return out
-
 
     def union_of_paths(self, starts: np.ndarray) -> np.ndarray:
         """Sorted positions of the best paths through every position in ``starts`` (all traced at once,

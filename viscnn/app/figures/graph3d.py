@@ -91,11 +91,9 @@ def select_drawn(edges: np.ndarray, scores: np.ndarray, max_edges: int = MAX_EDG
 
 def _links_of(graph, edges: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """(edge, source node) rows of ``graph.links`` for the given sorted edges."""
-    links = graph.links
-    lo, hi = graph.link_ptr[edges], graph.link_ptr[np.asarray(edges, np.int64) + 1]
-    counts = hi - lo
-    idx = np.repeat(lo, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
-    return links[idx, 0].astype(np.int64), links[idx, 1].astype(np.int64)
+    edges = np.asarray(edges, np.int64)
+    owner, src = graph.link_rows(edges)
+    return edges[owner], src
 
 
 def edge_color(negative: bool, bucket: int) -> str:

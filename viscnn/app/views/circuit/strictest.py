@@ -30,9 +30,8 @@ def display_value(mode: str, v: float) -> float:
 def strictest_value(actx, s: dict, r) -> Optional[float]:
     """The strictest value of ``s['mode']`` whose circuit keeps a path (None: no path at any value)."""
     from viscnn.app import queries
-    from viscnn.importance.strictest import strictest_by_paths
-
     from viscnn.importance.circuits import resolve_targets
+    from viscnn.importance.strictest import strictest_by_paths
 
     pm = r.pm
     targets = actx._memoize(("tn", s["model"], s["target"]), lambda: queries.target_nodes(pm, s["target"]), 16)

@@ -47,7 +47,7 @@ def weight_pictures(models) -> html.Div:
     """The first conv layer of each ``(title, model)``: RGB filters (each normalised on its own) for
     3-channel inputs, else the kernels on the diverging map (one symmetric scale per layer); each picture
     says under it how to read its colours."""
-    from viscnn.app.figures.colors import diverging_rgb
+    from viscnn.app.figures.colors import diverging_css, diverging_rgb
     from viscnn.app.figures.panels import data_uri, png_bytes
     from viscnn.attribution.render import to_uint8
     from viscnn.attribution.weights import conv_weight, first_conv, grid, rgb_filter_grid
@@ -66,8 +66,8 @@ def weight_pictures(models) -> html.Div:
             else:  # row = output channel, column = input channel
                 w = w[:64, :64]
                 pic = grid(diverging_rgb(w.reshape(-1, *w.shape[2:]) / lim) / 255.0, w.shape[1], 1)
-            key = [html.Span("red = positive", style={"color": "#b2182b"}), ", ",
-                   html.Span("blue = negative", style={"color": "#2166ac"}), f", white = 0; scale ±{lim:.3g}"]
+            key = [html.Span("red = positive", style={"color": diverging_css(1.0)}), ", ",
+                   html.Span("blue = negative", style={"color": diverging_css(-1.0)}), f", white = 0; scale ±{lim:.3g}"]
         a = to_uint8(pic)
         up = max(1, 200 // max(a.shape[:2]))
         a = a.repeat(up, 0).repeat(up, 1)
