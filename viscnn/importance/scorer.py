@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from viscnn.graph.structure import Graph
-from viscnn.importance.capture import Captured, capture, capture_targets, layer_modules
+from viscnn.importance.capture import Captured, capture_targets, layer_modules
 from viscnn.importance.convmath import CHUNK_ELEMENTS, as_conv, group_linear_taylor, group_taylor
 from viscnn.importance.metrics import (NEEDS_GRAD, check_metrics, conv_edge_scores, linear_edge_scores, map_scores,
                                        replacement_node_taylor)
@@ -64,15 +64,7 @@ class Scorer:
         return self._post
 
     def capture(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Captured:
-        x = x.to(self.device)
-        labels = labels.to(self.device) if labels is not None else None
-        need = any(m in NEEDS_GRAD for m in self.metrics)
-        post = self._chains(x)
-        cap = capture(self.model, self.modules, self.graph, self.target, x, labels, self._clone, need, post)
-        if cap is None:  # an in-place op touched a kept tensor: redo (and keep doing) it safely
-            self._clone = True
-            cap = capture(self.model, self.modules, self.graph, self.target, x, labels, True, need, post)
-        return cap
+        return self.capture_with(x, labels, [])[0]
 
     def capture_with(self, x: torch.Tensor, labels: Optional[torch.Tensor], others: Sequence["Scorer"]) -> List[Captured]:
         """This scorer's capture and those of ``others`` (scorers of the same model and graph, other
@@ -86,7 +78,7 @@ class Scorer:
         for s in others:
             s._chains(x)  # their replacement-Taylor zeros
         targets = [s.target for s in scorers]
-        caps = None if self._clone else capture_targets(self.model, self.modules, self.graph, targets, x, labels, False, need, post)
+        caps = capture_targets(self.model, self.modules, self.graph, targets, x, labels, self._clone, need, post)
         if caps is None:  # an in-place op touched a kept tensor: redo (and keep doing) it safely
             self._clone = True
             caps = capture_targets(self.model, self.modules, self.graph, targets, x, labels, True, need, post)
