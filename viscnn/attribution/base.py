@@ -120,3 +120,30 @@ class Attribution:
                 grads[name] = g
         return Pass(leaf.detach(), values.detach(), None if logits is None else logits.detach(),
                     {n: v.detach() for n, v in by_node.items()}, grads)
+
+    def pin_predicted(self, x: torch.Tensor, targets: PerImageTargets) -> PerImageTargets:
+        """``targets`` with "the predicted class" fixed to the class predicted on ``x`` itself, for
+        methods that differentiate at other inputs (scaled, noisy) where the prediction may change."""
+        if all(t is not None for t in targets.items):
+            return targets
+        from viscnn.attribution.target_spec import class_target
+
+        out, _, _ = self.net.run(x, "gradient", [], need_output=True, grad=False)
+        pred = model_logits(out).argmax(1).tolist()
+        return PerImageTargets([class_target(pred[i]) if t is None else t for i, t in enumerate(targets.items)])
+
+    def summed_gradients(self, points: torch.Tensor, weights: torch.Tensor, targets: PerImageTargets, labels,
+                         chunk: int, each=None) -> torch.Tensor:
+        """``sum_k weights[k] * each(d target / d input)`` at ``points`` [K,N,C,H,W] (N images, K points
+        each; ``each`` defaults to the identity), ``chunk`` points per forward+backward (a batch of
+        ``chunk * N`` images), [N,C,H,W]."""
+        K, N = points.shape[:2]
+        total = torch.zeros_like(points[0])
+        for a in range(0, K, max(1, chunk)):
+            b = min(K, a + max(1, chunk))
+            xs = points[a:b].reshape(-1, *points.shape[2:])
+            lab = None if labels is None else labels.repeat(b - a)
+            g = self.forward_backward(xs, PerImageTargets(targets.items * (b - a)), lab).grads["input"]
+            g = g if each is None else each(g)
+            total += (g.reshape(b - a, N, *points.shape[2:]) * weights[a:b].reshape(-1, *[1] * (points.dim() - 1))).sum(0)
+        return total

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-METHOD_HELP = ("saliency (|grad|), gradient, input_x_gradient, deconvnet, guided_backprop, gradcam, guided_gradcam, "
-               "cam, gradcam_crop")
+METHOD_HELP = ("saliency (|grad|), gradient, input_x_gradient, integrated_gradients (32 Gauss-Legendre steps, zero "
+               "baseline), smoothgrad (25 samples, noise 15%%), deconvnet, guided_backprop, gradcam, guided_gradcam, "
+               "gradcam_plusplus, xgradcam, layercam, cam, gradcam_crop")
 
 
 def add_attribute_cmd(sub) -> None:

@@ -53,6 +53,11 @@ class GradCAM(Attribution):
         return super().attribute(inputs, target, labels, batch_size, relu=relu, upsample=upsample,
                                  interpolate_mode=interpolate_mode)
 
+    def combine(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """The map before its ReLU, [N,1,h,w], from the layer's value ``a`` and gradient ``g`` [N,C,h,w];
+        the variants (:mod:`viscnn.attribution.gradcam_variants`) override only this."""
+        return (g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True)
+
     def _attribute(self, x, targets, labels, relu=True, upsample=True, interpolate_mode="bilinear") -> torch.Tensor:
         name, node = self.layer_for(x.shape[1:])
         p = self.forward_backward(x, targets, labels, rule="gradient", wrt_input=False, wrt_nodes=[node])
@@ -60,7 +65,7 @@ class GradCAM(Attribution):
         if a.dim() != 4 or a.shape[2] * a.shape[3] <= 1:
             raise ViscnnError(f"layer {name} has no spatial map (output shape {list(a.shape[1:])}); "
                               "Grad-CAM needs a [C, H, W] map larger than 1x1")
-        cam = (g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True)
+        cam = self.combine(a, g)
         if relu:
             cam = F.relu(cam)
         return upsample_maps(cam, x.shape[2:], interpolate_mode) if upsample else cam

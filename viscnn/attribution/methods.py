@@ -8,19 +8,26 @@ from viscnn.attribution.base import Attribution, ModelLike
 from viscnn.attribution.cam import CAM
 from viscnn.attribution.deconvnet import Deconvolution
 from viscnn.attribution.gradcam import GradCAM
+from viscnn.attribution.gradcam_variants import GradCAMPlusPlus, LayerCAM, XGradCAM
 from viscnn.attribution.guided_backprop import GuidedBackprop
 from viscnn.attribution.guided_gradcam import GuidedGradCAM
+from viscnn.attribution.integrated_gradients import IntegratedGradients
 from viscnn.attribution.saliency import Gradient, InputXGradient, Saliency
+from viscnn.attribution.smoothgrad import SmoothGrad
 from viscnn.errors import ViscnnError
 
 METHODS: Dict[str, Type[Attribution]] = {
     "saliency": Saliency, "gradient": Gradient, "input_x_gradient": InputXGradient,
     "deconvnet": Deconvolution, "guided_backprop": GuidedBackprop,
     "gradcam": GradCAM, "guided_gradcam": GuidedGradCAM, "cam": CAM,
+    "integrated_gradients": IntegratedGradients, "smoothgrad": SmoothGrad,
+    "gradcam_plusplus": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM,
 }
 ALIASES = {"grad_x_input": "input_x_gradient", "deconvolution": "deconvnet", "guided": "guided_backprop",
-           "grad_cam": "gradcam", "guided_grad_cam": "guided_gradcam"}
-LAYERED = ("gradcam", "guided_gradcam")  # methods that take a layer
+           "grad_cam": "gradcam", "guided_grad_cam": "guided_gradcam", "ig": "integrated_gradients",
+           "gradcam++": "gradcam_plusplus", "grad_cam++": "gradcam_plusplus", "gradcampp": "gradcam_plusplus", "xgrad_cam": "xgradcam",
+           "layer_cam": "layercam", "smooth_grad": "smoothgrad"}
+LAYERED = ("gradcam", "guided_gradcam", "gradcam_plusplus", "xgradcam", "layercam")  # methods that take a layer
 
 
 def canonical(name: str) -> str:
