@@ -393,7 +393,7 @@ def test_users_model_untouched():
 def test_bad_input_is_a_one_line_error(resnet):
     x = images(2, size=32)
     cases = [
-        (lambda: make_method("smoothgrad", resnet), "unknown attribution method"),
+        (lambda: make_method("occlusion_sensitivity", resnet), "unknown attribution method"),
         (lambda: GradCAM(resnet, "fc").attribute(x, 1), "no spatial map"),
         (lambda: GradCAM(resnet, "avgpool").attribute(x, 1), "no spatial map"),
         (lambda: GradCAM(resnet, "layer9"), "unknown layer"),

@@ -92,7 +92,7 @@ def test_several_methods_per_image_targets(files, capsys):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--method", "smoothgrad"], "unknown attribution method 'smoothgrad'"),
+    (["--method", "lime"], "unknown attribution method 'lime'"),
     (["--method", "cam", "--flat"], "global average pooling"),
     (["--method", "gradcam", "--layer", "fc"], "no spatial map"),
     (["--method", "gradcam", "--layer", "c9"], "unknown layer 'c9'"),
