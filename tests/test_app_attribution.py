@@ -167,3 +167,25 @@ def test_weight_pictures_say_how_to_read_their_colours():
     pic = np.asarray(Image.open(io.BytesIO(base64.b64decode(imgs[1].src.split(",", 1)[1]))))
     up = 200 // 17  # 4 rows x 2 columns of 3x3 tiles with 1 px gaps: 17 x 9 before upscaling
     assert pic.shape[:2] == (17 * up, 9 * up)
+
+
+def test_new_methods_same_maps_as_the_package_and_say_what_they_rest_on():
+    """IG (signed: channel sum) and SmoothGrad (magnitude: channel max) as in the package; IG's note
+    gives its completeness check, the Grad-CAM variants' notes their layer."""
+    from viscnn.attribution import IntegratedGradients, SmoothGrad
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3), torch.nn.ReLU(),
+                            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    x = torch.randn(1, 2, 10, 10)
+    r = attribute_image(m, x, ["ig", "smoothgrad", "gradcampp", "xgradcam", "layercam"], "class:1")
+    by = {mr.method: mr for mr in r.maps}
+    ig = IntegratedGradients(m).attribute(x, 1).detach().double().numpy()[0]
+    np.testing.assert_allclose(by["ig"].map2d, ig.sum(0), rtol=1e-6, atol=1e-9)
+    sg = SmoothGrad(m).attribute(x, 1).detach().double().numpy()[0]
+    np.testing.assert_allclose(by["smoothgrad"].map2d, sg.max(0), rtol=1e-6, atol=1e-9)
+    assert by["ig"].signed and not by["smoothgrad"].signed
+    total = float(m(x)[0, 1] - m(torch.zeros_like(x))[0, 1])
+    assert f"= {total:.4g}" in by["ig"].note and "completeness" in by["ig"].note
+    for k in ("gradcampp", "xgradcam", "layercam"):
+        assert by[k].map2d.shape == (10, 10) and "; at 3" in by[k].note, by[k].note

@@ -112,7 +112,8 @@ def attribution_props(actx, s: dict) -> Dict[str, dict]:
                                                           title=f"Grad-CAM crop (map > {thr:g})", height=MAP_H),
                                       config={"displaylogo": False}), className="attr-cell",
                             title="The input where the normalised Grad-CAM map exceeds the threshold, and its bounding box"))
-    info = (f"Explaining {first.target} of {name} on {s['image'].split(':', 1)[-1]}; Grad-CAM at {first.layer or 'auto'}. "
+    at = f"; Grad-CAM family at {first.layer}" if first.layer else ""
+    info = (f"Explaining {first.target} of {name} on {s['image'].split(':', 1)[-1]}{at}. "
             "Maps are w.r.t. the model's input tensor; red = positive, blue = negative (signed methods), "
             "dark to yellow = magnitude.")
     return {"attr-maps": {"children": [html.Div(img, className="row attr-row")] + blocks},

@@ -25,6 +25,14 @@ METHODS: Dict[str, Tuple[str, bool, str]] = {
     "gradcam": ("Grad-CAM", True, "ReLU(sum_c mean(dY/dA_c) A_c) at the layer, bilinear to the input"),
     "guided_gradcam": ("Guided Grad-CAM", True, "guided backprop x upsampled Grad-CAM"),
     "cam": ("CAM", False, "class weights x last conv maps (only for GAP -> one Linear heads)"),
+    "ig": ("Integrated gradients", False, "(x - 0) x the gradient averaged on the straight path from the zero input "
+           "(the dataset mean after normalisation), 32 Gauss-Legendre steps (Sundararajan et al.)"),
+    "smoothgrad": ("SmoothGrad", False, "|grad| averaged over 25 noisy copies, noise sd 15% of the image's range "
+                   "(Smilkov et al.), max over channels"),
+    "gradcampp": ("Grad-CAM++", True, "ReLU(sum_c w_c A_c), w_c = sum_ij alpha_ij ReLU(dY/dA_c,ij) with Eq. 19's "
+                  "alpha (Chattopadhay et al.)"),
+    "xgradcam": ("XGrad-CAM", True, "ReLU(sum_c w_c A_c), w_c = sum(dY/dA_c * A_c) / sum(A_c) (Fu et al.)"),
+    "layercam": ("Layer-CAM", True, "ReLU(sum_c ReLU(dY/dA_c) * A_c), pixel by pixel (Jiang et al.)"),
 }
 DEFAULT_METHODS = ("saliency", "guided", "gradcam")
 
@@ -47,31 +55,21 @@ class AttributionResult:
     crop_mask: Optional[np.ndarray]  # bool [H, W]
 
 
+# URL value -> (viscnn.attribution method name, attribute() keywords)
+_LIBRARY = {"saliency": ("saliency", {"abs": True}), "gradient": ("gradient", {}),
+            "gradxinput": ("input_x_gradient", {}), "deconvnet": ("deconvnet", {}), "guided": ("guided_backprop", {}),
+            "gradcam": ("gradcam", {}), "guided_gradcam": ("guided_gradcam", {}), "cam": ("cam", {}),
+            "ig": ("integrated_gradients", {}), "smoothgrad": ("smoothgrad", {}),
+            "gradcampp": ("gradcam_plusplus", {}), "xgradcam": ("xgradcam", {}), "layercam": ("layercam", {})}
+
+
 def _make(method: str, model, layer: Optional[str], classes):
-    from viscnn.attribution import cam, deconvnet, gradcam, guided_backprop, guided_gradcam, saliency
+    from viscnn.attribution.methods import make_method
 
-    class A:  # the method classes by their Captum-like names
-        Saliency, Gradient, InputXGradient = saliency.Saliency, saliency.Gradient, saliency.InputXGradient
-        Deconvolution, GuidedBackprop = deconvnet.Deconvolution, guided_backprop.GuidedBackprop
-        GradCAM, GuidedGradCAM, CAM = gradcam.GradCAM, guided_gradcam.GuidedGradCAM, cam.CAM
-
-    if method == "saliency":
-        return A.Saliency(model, classes=classes), {"abs": True}
-    if method == "gradient":
-        return A.Gradient(model, classes=classes), {}
-    if method == "gradxinput":
-        return A.InputXGradient(model, classes=classes), {}
-    if method == "deconvnet":
-        return A.Deconvolution(model, classes=classes), {}
-    if method == "guided":
-        return A.GuidedBackprop(model, classes=classes), {}
-    if method == "gradcam":
-        return A.GradCAM(model, layer=layer or None, classes=classes), {}
-    if method == "guided_gradcam":
-        return A.GuidedGradCAM(model, layer=layer or None, classes=classes), {}
-    if method == "cam":
-        return A.CAM(model, classes=classes), {}
-    raise ViscnnError(f"unknown attribution method {method!r}; use one of {', '.join(METHODS)}")
+    if method not in _LIBRARY:
+        raise ViscnnError(f"unknown attribution method {method!r}; use one of {', '.join(METHODS)}")
+    name, kw = _LIBRARY[method]
+    return make_method(name, model, layer=layer or None, classes=classes), dict(kw)
 
 
 def resolve_target(target: str, logits: np.ndarray, classes: Sequence[str]):
@@ -119,11 +117,15 @@ def attribute_image(model, x: torch.Tensor, methods: Sequence[str], target: str,
             m2 = a[0]
         else:
             m2 = a.sum(0) if signed else np.abs(a).max(0)
+        if METHODS[m][1]:  # the Grad-CAM family: say which layer (the dropdown may say "auto")
+            used_layer = getattr(meth, "gradcam", meth).layer_for(tuple(x.shape[1:]))[0]
+            what = f"{what}; at {used_layer}"
         if m == "gradcam":
             cam_map = torch.from_numpy(m2.reshape(1, 1, *m2.shape))
-            used_layer = meth.layer_for(tuple(x.shape[1:]))[0]
         elif m == "cam":
             what = f"{what}; features of {meth.layer}"
+        elif m == "ig":
+            what = f"{what}; {_completeness(meth, x, tgt, a)}"
         out.append(MapResult(m, label, m2, signed, what))
     box = mask = None
     if cam_map is not None:
@@ -132,6 +134,13 @@ def attribute_image(model, x: torch.Tensor, methods: Sequence[str], target: str,
         box = (y0, x0, y1, x1) if y1 > y0 else None
         mask = c.mask[0, 0].numpy()
     return AttributionResult(out, shown, used_layer, box, mask)
+
+
+def _completeness(ig, x: torch.Tensor, target: str, a: np.ndarray) -> str:
+    """How well the path integral converged: IG's attributions sum to target(x) - target(0) when exact."""
+    d = float(ig.convergence_delta(x, torch.from_numpy(a).unsqueeze(0), target)[0])
+    total = float(a.sum())
+    return f"completeness: sum {total:.4g} vs target(x) - target(0) = {total - d:.4g} (delta {d:.2g})"
 
 
 def unit_deconvnet(net, pm, layer: str, channel: int, images: Sequence[np.ndarray]) -> List[np.ndarray]:

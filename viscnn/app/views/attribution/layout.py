@@ -37,7 +37,8 @@ def layout(models) -> html.Div:
             html.Div([html.Label("Grad-CAM layer", htmlFor="attr-layer"),
                       dcc.Dropdown(id="attr-layer", value="", clearable=False, style={"width": "260px"},
                                    options=[{"label": "auto (last spatial map)", "value": ""}])],
-                     className="field", title="The layer whose maps Grad-CAM weighs (default: the last layer with a spatial map)"),
+                     className="field", title="The layer whose maps Grad-CAM and its variants (Grad-CAM++, XGrad-CAM, Layer-CAM, "
+                                                "guided Grad-CAM) weigh (default: the last layer with a spatial map)"),
             html.Div([html.Label("Crop threshold", htmlFor="attr-thr"),
                       dcc.Slider(id="attr-thr", min=0, max=1, step=0.05, value=0.5, marks={0: "0", 0.5: "0.5", 1: "1"},
                                  tooltip={"placement": "bottom"})],
