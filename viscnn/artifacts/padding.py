@@ -45,7 +45,8 @@ from torch import nn
 
 from viscnn.artifacts.shapes import ShapeRecorder, TooSmall, meta_trace, walk_sizes
 from viscnn.errors import ViscnnError
-from viscnn.receptive_field import _POOL_FUNCS, _arg, _pad4, _pair, _spatial
+from viscnn.receptive_field.ops import _POOL_FUNCS, _arg, _spatial
+from viscnn.receptive_field.windows import _pad4, _pair
 
 #: How far :meth:`PaddingAuditor.suggest` searches when the fast size walk does not apply.
 SLOW_SEARCH = 64

@@ -18,7 +18,7 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from viscnn.errors import ViscnnError
 from viscnn.graph.fx_tracer import ThreadSafeTracer
-from viscnn.receptive_field import _spatial
+from viscnn.receptive_field.ops import _spatial
 
 
 class TooSmall(Exception):
