@@ -147,8 +147,9 @@ def test_landmark_mds_agrees_with_full_mds():
 def test_mds_embedding_switches_to_landmarks(monkeypatch):
     v, _ = _clusters(40, seed=5)
     calls = []
-    monkeypatch.setattr(L, "landmark_mds", lambda vec, k, seed: calls.append(len(vec)) or np.zeros((len(vec), 2)))
-    monkeypatch.setattr(L, "LANDMARK_THRESHOLD", 100)
+    monkeypatch.setattr("viscnn.layout.mds.landmark_mds",
+                        lambda vec, k, seed: calls.append(len(vec)) or np.zeros((len(vec), 2)))
+    monkeypatch.setattr("viscnn.layout.mds.LANDMARK_THRESHOLD", 100)
     L.mds_embedding(v[:90])
     assert calls == []
     L.mds_embedding(v)
@@ -336,9 +337,9 @@ def test_top2_eigenproblem_matches_the_svd(monkeypatch):
     for n, dim in ((300, 250), (250, 300)):  # covariance and Gram branches
         basis = np.linalg.qr(rng.normal(size=(dim, 3)))[0].T
         v = rng.normal(size=(n, 3)) * [5.0, 3.0, 1.0] @ basis + 0.05 * rng.normal(size=(n, dim))
-        monkeypatch.setattr(L, "EIGH_MIN_DIM", 10 ** 6)
+        monkeypatch.setattr("viscnn.layout.mds.EIGH_MIN_DIM", 10 ** 6)
         ref = L.classical_mds(v)
-        monkeypatch.setattr(L, "EIGH_MIN_DIM", 200)
+        monkeypatch.setattr("viscnn.layout.mds.EIGH_MIN_DIM", 200)
         got = L.classical_mds(v)
         np.testing.assert_allclose(got, ref, atol=1e-9 * np.abs(ref).max())
 
@@ -346,9 +347,9 @@ def test_top2_eigenproblem_matches_the_svd(monkeypatch):
 def test_landmark_sampling_with_a_gram_matrix_picks_the_same_landmarks(monkeypatch):
     rng = np.random.default_rng(14)
     v = L.normalized_class_vectors(rng.lognormal(size=(300, 1200)), np.arange(1200))  # 1,200 nodes, 300 classes
-    monkeypatch.setattr(L, "EIGH_MIN_DIM", 10 ** 6)
+    monkeypatch.setattr("viscnn.layout.mds.EIGH_MIN_DIM", 10 ** 6)
     ref = L._maxmin_landmarks(v, 200, np.random.default_rng(1))
-    monkeypatch.setattr(L, "EIGH_MIN_DIM", 200)
+    monkeypatch.setattr("viscnn.layout.mds.EIGH_MIN_DIM", 200)
     assert np.array_equal(L._maxmin_landmarks(v, 200, np.random.default_rng(1)), ref)
 
 
@@ -356,7 +357,7 @@ def test_landmark_sampling_with_a_gram_matrix_picks_the_same_landmarks(monkeypat
 def test_edges_into_layer_equal_the_links_mask(wide, graph, monkeypatch, max_edges):
     """Derived from layer shapes and input_sources: the same links, order and weights as masking graph.links,
     with residual sums (several sources per kernel), groups, a few hundred kept links and none kept (all)."""
-    monkeypatch.setattr(L, "MAX_ALIGN_EDGES", max_edges)
+    monkeypatch.setattr("viscnn.layout.align.MAX_ALIGN_EDGES", max_edges)
     for g in (wide, graph):
         es = np.random.default_rng(15).random(g.num_edges).astype(np.float32)
         es[::7] = 0.0  # ties at zero
@@ -372,7 +373,7 @@ def test_parallel_layers_equal_serial(wide, monkeypatch):
     ns, _ = _clustered_scores(wide, 20)
     es = np.random.default_rng(16).random(wide.num_edges).astype(np.float32)
     par = {name: L.compute_layout(name, wide, ns, es) for name in ("mds", "pca")}
-    monkeypatch.setattr(L, "MAX_WORKERS", 1)
+    monkeypatch.setattr("viscnn.layout.layouts.MAX_WORKERS", 1)
     for name, p in par.items():
         assert np.array_equal(p, L.compute_layout(name, wide, ns, es)), name
 
