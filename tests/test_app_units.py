@@ -343,7 +343,7 @@ def test_big_graphs_draw_nodes_as_one_marker_trace(graph, monkeypatch):
     pos = graph3d.node_positions(graph, rng.normal(size=(graph.num_nodes, 2)))
     args = (graph, pos, [0, 3, 5], np.array([1, 4, 9]), rng.random(graph.num_nodes), rng.random(graph.num_edges))
     small = graph3d.nodes_of(graph3d.graph_figure(*args))
-    monkeypatch.setattr(graph3d, "CROSS_MAX_NODES", 2)
+    monkeypatch.setattr("viscnn.app.figures.graph3d_nodes.CROSS_MAX_NODES", 2)
     fig = graph3d.graph_figure(*args)
     nodes = [t for t in fig["data"] if t["name"] == "nodes"]
     assert len(nodes) == 1 and nodes[0]["mode"] == "markers" and nodes[0]["customdata"] == list(range(graph.num_nodes))

@@ -6,15 +6,25 @@ caller shows how many were hidden. Click payloads carry ``customdata``: a node's
 ``-(edge + 1)`` for an edge. Each edge is drawn as source, midpoint, target, gap: the two end vertices
 carry their node's index, so a click near a node picks the node even where an edge's line wins the
 pick, and only a click on the middle of an edge picks the edge.
+
+The nodes (which are drawn, their traces) are in :mod:`~viscnn.app.figures.graph3d_nodes`, the scene's
+framing (ranges, camera) and layer and class names in :mod:`~viscnn.app.figures.graph3d_labels`; both are
+re-exported here.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from viscnn.app.figures import colors
+from viscnn.app.figures.graph3d_labels import (  # noqa: F401  (re-exported: callers use graph3d.X)
+    ASPECT, DEFAULT_EYE, LABEL_FONT, LINE_HEIGHT, PANEL_PX, _screen_up, camera_center, class_labels, label_angle,
+    label_style, layer_labels, scene_ranges)
+from viscnn.app.figures.graph3d_nodes import (  # noqa: F401  (re-exported: callers use graph3d.X)
+    CROSS_MAX_NODES, MAX_CIRCUIT_NODES, MAX_CONTEXT_NODES, MAX_NODES, NODE_PTS, NODE_PX_PER_UNIT, NODE_WIDTHS,
+    _links_of, _r, drawn_nodes, edge_ends, node_traces, nodes_of)
 
 MAX_EDGES = 1500
 LAYER_GAP = 4.0
@@ -22,10 +32,7 @@ N_BUCKETS = 4
 PTS = 4  # points per drawn edge: source, midpoint, target, gap
 WIDTHS = (1.5, 2.5, 4.0, 6.5)
 ALPHAS = (0.5, 0.65, 0.85, 0.95)
-LABEL_FONT = 11
 SELECTED = "#ff7f0e"
-PANEL_PX = 760  # the narrowest scene width the label rule plans for (the app's panel at 1400 px)
-ASPECT = {"x": 2.0, "y": 0.9, "z": 1.35}
 
 
 def layer_x(graph, layer_gap: float = LAYER_GAP) -> np.ndarray:
@@ -89,13 +96,6 @@ def select_drawn(edges: np.ndarray, scores: np.ndarray, max_edges: int = MAX_EDG
     return np.sort(np.concatenate([edges[first], edges[top]]))
 
 
-def _links_of(graph, edges: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(edge, source node) rows of ``graph.links`` for the given sorted edges."""
-    edges = np.asarray(edges, np.int64)
-    owner, src = graph.link_rows(edges)
-    return edges[owner], src
-
-
 def edge_color(negative: bool, bucket: int) -> str:
     """The line colour of an importance bucket: the diverging map's end colour, more opaque when larger."""
     h = colors.NEG if negative else colors.POS
@@ -154,244 +154,6 @@ def edge_traces(graph, pos: np.ndarray, drawn: np.ndarray, scores: np.ndarray,
     return traces
 
 
-def _r(a: np.ndarray) -> list:
-    """Rounded coordinates as a JSON-friendly list (NaN -> None, a gap between segments)."""
-    r = np.round(a.astype(np.float64), 3)
-    out = r.tolist()
-    if np.isnan(r).any():
-        out = [None if v != v else v for v in out]
-    return out
-
-
-MAX_NODES = 4000  # a graph with more nodes draws a bounded subset (level of detail for nodes)
-MAX_CIRCUIT_NODES = 2500
-MAX_CONTEXT_NODES = 1000
-
-
-def drawn_nodes(graph, circuit_nodes: np.ndarray, node_scores: Optional[np.ndarray] = None, must=(),
-                selected: Optional[int] = None) -> np.ndarray:
-    """Sorted node indices the 3D graph draws: all of them up to :data:`MAX_NODES`. Beyond (ResNet-50:
-    26,583 nodes, 4.2 MB of node trace), ``must`` (the drawn edges' ends) and the selected node, the
-    circuit's highest-|score| nodes up to :data:`MAX_CIRCUIT_NODES`, every input and class node, and per
-    conv layer an evenly spaced sample of the other channels (about :data:`MAX_CONTEXT_NODES` in all, in
-    proportion to the layer's width), so the payload stays bounded while the layers keep their shape."""
-    n = graph.num_nodes
-    if n <= MAX_NODES:
-        return np.arange(n)
-    keep = np.zeros(n, bool)
-    keep[np.asarray(list(must), np.int64)] = True
-    if selected is not None and 0 <= selected < n:
-        keep[selected] = True
-    cn = np.asarray(circuit_nodes, np.int64)
-    room = MAX_CIRCUIT_NODES - int(keep.sum())
-    if len(cn) <= room or node_scores is None:
-        keep[cn[:max(room, 0)] if node_scores is None else cn] = True
-    elif room > 0:
-        keep[cn[np.argsort(-np.abs(np.asarray(node_scores, np.float64)[cn]), kind="stable")[:room]]] = True
-    conv = sum(l.channels for l in graph.layers if l.kind == "conv") or 1
-    for l in graph.layers:
-        sl = slice(l.node_offset, l.node_offset + l.channels)
-        if l.kind != "conv":
-            keep[sl] = True
-            continue
-        k = max(4, int(round(MAX_CONTEXT_NODES * l.channels / conv)))
-        keep[l.node_offset + np.unique(np.linspace(0, l.channels - 1, min(k, l.channels)).round().astype(np.int64))] = True
-    return np.flatnonzero(keep)
-
-
-def edge_ends(graph, edges: np.ndarray) -> np.ndarray:
-    """The target and every source node of the given edges."""
-    edges = np.asarray(edges, np.int64)
-    if not len(edges):
-        return np.zeros(0, np.int64)
-    _, src = _links_of(graph, edges)
-    return np.unique(np.concatenate([graph.edge_target[edges].astype(np.int64), src]))
-
-
-NODE_WIDTHS = ((4.5, 3.5), (8.0, 6.0), (11.0, 9.0), (16.0, 12.0), (99.0, 16.0))  # (marker size below, px width)
-NODE_PX_PER_UNIT = 340.0  # screen pixels per normalised scene unit at the default camera (the app's panel)
-NODE_PTS = 6  # points per drawn node: a segment along x and one along z, each with a gap after it
-# more drawn nodes than this: one marker trace (6 points per node with their hover and colour would put
-# ~0.5 kB per node in every threshold change; the first paint that crosses save matters on small graphs)
-CROSS_MAX_NODES = 800
-
-
-def node_traces(graph, pos: np.ndarray, circuit_nodes: Sequence[int], node_scores: np.ndarray,
-                labels: Optional[Sequence[str]] = None, selected: Optional[int] = None,
-                node_signs: Optional[np.ndarray] = None, drawn_edges: Sequence[int] = (),
-                rng: Optional[Dict[str, list]] = None) -> List[dict]:
-    """The drawn nodes (:func:`drawn_nodes`) as a few line traces named "nodes". Circuit nodes: size =
-    |score| (sqrt scale), colour = the signed score on the diverging map; other nodes small and grey.
-    Hover: id, layer, score, rank; every point's ``customdata`` is its node index.
-
-    A node is a small cross of two segments (along the depth axis x and the vertical z) as thick as they
-    are long: a blob from every side an orbit around z shows, one trace per size class: line traces, not a marker trace, because gl3d's marker trace
-    compiles six more WebGL programs and triangulates its glyph on the CPU, about 0.3-0.4 s of the
-    first paint in software WebGL (the app with and without it, 5 cold loads each)."""
-    n = graph.num_nodes
-    raw = np.asarray(node_scores, np.float64)
-    ns = np.abs(raw)
-    sg = np.sign(np.asarray(node_signs, np.float64)) if node_signs is not None else np.sign(raw)
-    inc = np.zeros(n, bool)
-    cn = np.asarray(circuit_nodes, np.int64)
-    inc[cn] = True
-    top = float(ns[inc].max()) if inc.any() else 1.0
-    rel = np.sqrt(ns / (top or 1.0))
-    size = np.where(inc, 5 + 9 * rel, 3.0)
-    color = np.where(inc, np.round(np.where(sg < 0, -rel, rel), 3), 0.0)
-    if selected is not None and 0 <= selected < n:
-        size[selected] = 18
-    order = cn[np.argsort(-ns[cn], kind="stable")]
-    rank = np.zeros(n, np.int64)
-    rank[order] = np.arange(1, len(order) + 1)
-    d = drawn_nodes(graph, cn, raw, edge_ends(graph, drawn_edges) if n > MAX_NODES else (), selected)
-    text = labels if labels is not None else [graph.node_id(int(i)) for i in range(n)]
-    c = color[d]
-    rgb = colors.diverging_rgb(np.where(c >= 0, 1, -1) * np.maximum(np.abs(c), 0.25))  # one vectorised call
-    css = np.array([f"rgb({r},{g},{b})" if inc[i] else colors.INACTIVE for i, (r, g, b) in zip(d.tolist(), rgb.tolist())],
-                   dtype=object)
-    hover = []
-    for i in d.tolist():
-        lay = graph.layers[int(graph.node_layer[i])]
-        where = f"rank {rank[i]} of {len(cn)} circuit nodes" if inc[i] else "not in the circuit"
-        name = text[i] if text[i].startswith(lay.name + ":") else f"{text[i]} · {lay.name}"  # ids carry the layer
-        hover.append(f"{name} ({lay.kind})<br>score {raw[i]:.4g} · {where}")
-    if len(d) > CROSS_MAX_NODES:  # a big graph: one point per node keeps the payload of a threshold change small
-        return [{"type": "scatter3d", "mode": "markers", "name": "nodes", "x": _r(pos[d, 0]), "y": _r(pos[d, 1]),
-                 "z": _r(pos[d, 2]), "customdata": d.tolist(), "text": hover,
-                 "marker": {"size": np.round(size[d], 1).tolist(), "color": css.tolist(), "line": {"width": 0},
-                            "opacity": 0.95},
-                 "hovertemplate": "%{text}<extra></extra>", "showlegend": False}]
-    hover = np.array(hover, dtype=object)
-    rng = rng or scene_ranges(pos)
-    per_px = np.array([(rng[a][1] - rng[a][0]) / ASPECT[a] / NODE_PX_PER_UNIT for a in "xyz"])  # data units per px
-    width_of = np.array([w for _, w in NODE_WIDTHS])
-    cls = np.searchsorted(np.array([b for b, _ in NODE_WIDTHS]), size[d], side="right")
-    traces = []
-    for k in np.unique(cls).tolist():
-        m = cls == k
-        dd, w = d[m], float(width_of[k])
-        xyz = np.full((len(dd), NODE_PTS, 3), np.nan, np.float64)
-        for k_seg, ax in enumerate((0, 2)):  # segment k: points 3k (minus) and 3k+1 (plus), then a gap
-            off = np.zeros(3)
-            off[ax] = per_px[ax] * w * 0.35  # arms shorter than the line is thick: a blob, not a plus sign
-            xyz[:, 3 * k_seg] = pos[dd] - off
-            xyz[:, 3 * k_seg + 1] = pos[dd] + off
-        xyz = xyz.reshape(-1, 3)
-        cd = np.repeat(dd, NODE_PTS).astype(object)
-        cd[2::3] = None  # the gap after each segment
-        tx = np.repeat(hover[m], NODE_PTS)
-        tx[2::3] = ""
-        traces.append({
-            "type": "scatter3d", "mode": "lines", "name": "nodes", "x": _r(xyz[:, 0]), "y": _r(xyz[:, 1]),
-            "z": _r(xyz[:, 2]), "customdata": [None if v is None else int(v) for v in cd], "text": tx.tolist(),
-            "line": {"color": np.repeat(css[m], NODE_PTS).tolist(), "width": w},
-            "hovertemplate": "%{text}<extra></extra>", "showlegend": False, "connectgaps": False,
-        })
-    return traces
-
-
-def nodes_of(fig: dict) -> Dict[int, Tuple[float, str, str]]:
-    """{node index: (drawn width in px, colour, hover text)} of a figure from :func:`graph_figure`."""
-    out = {}
-    for t in fig["data"]:
-        if t.get("name") != "nodes":
-            continue
-        if t["mode"] == "markers":  # a big graph's nodes (CROSS_MAX_NODES)
-            for j, n in enumerate(t["customdata"]):
-                out[int(n)] = (t["marker"]["size"][j], t["marker"]["color"][j], t["text"][j])
-            continue
-        for j in range(0, len(t["customdata"]), NODE_PTS):
-            out[int(t["customdata"][j])] = (t["line"]["width"], t["line"]["color"][j], t["text"][j])
-    return out
-
-
-LINE_HEIGHT = 1.2  # a vertical name needs this many font sizes of room from its neighbour
-
-
-def _label_gap_px(graph, pos: np.ndarray, panel_px: int) -> float:
-    """The smallest distance in pixels between two layers along the depth axis at the default camera."""
-    xs = np.unique(np.round(pos[[l.node_offset for l in graph.layers], 0], 6))
-    if len(xs) < 2:
-        return float(panel_px)
-    span = float(xs.max() - xs.min()) or 1.0
-    return float(np.diff(xs).min()) * panel_px * 0.8 / span
-
-
-def label_style(graph, pos: np.ndarray, panel_px: int = PANEL_PX) -> Tuple[int, int]:
-    """(angle, font size) of the layer names: horizontal when every name fits between its neighbours,
-    else vertical (needing a line height of room), with a smaller font where even that is tight."""
-    gap = _label_gap_px(graph, pos, panel_px)
-    widest = max(len(l.name) for l in graph.layers) * LABEL_FONT * 0.62
-    if widest < gap:
-        return 0, LABEL_FONT
-    return -90, int(min(LABEL_FONT, max(7, gap / LINE_HEIGHT)))
-
-
-def label_angle(graph, pos: np.ndarray, panel_px: int = PANEL_PX) -> int:
-    return label_style(graph, pos, panel_px)[0]
-
-
-def layer_labels(graph, pos: np.ndarray, panel_px: int = PANEL_PX) -> List[dict]:
-    """Layer names above each layer as scene annotations: drawn as page text that follows the camera.
-    (A scatter3d text trace looks the same but triangulates every glyph on the CPU: ~0.3 s of first paint.)
-    Deep models get vertical names so that neighbours never overlap; where even the smallest font does
-    not fit between neighbours (GoogLeNet: 59 layers), only every name that has a line height of room
-    from the last one drawn is written — the others are on the nodes' hover."""
-    top = float(pos[:, 2].max()) + 0.6 if len(pos) else 1.0
-    ang, font = label_style(graph, pos, panel_px)
-    xs = np.array([float(pos[l.node_offset, 0]) for l in graph.layers]) if graph.layers else np.zeros(0)
-    span = float(xs.max() - xs.min()) if len(xs) else 0.0
-    px = panel_px * 0.8 / (span or 1.0)
-    need = font * LINE_HEIGHT if ang else 0.0
-    out, last = [], None
-    for i in np.argsort(xs, kind="stable"):
-        if last is not None and ang and (xs[i] - last) * px < need:
-            continue
-        layer = graph.layers[int(i)]
-        out.append({"x": float(xs[i]), "y": 0.0, "z": top, "text": layer.name, "showarrow": False,
-                    "font": {"size": font, "color": "#444"}, "textangle": ang, "yanchor": "bottom",
-                    "xanchor": "center", "hovertext": f"layer {layer.name}"})
-        last = xs[i]
-    return out
-
-
-def _screen_up(pos: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(u, scale): how much one data unit along y and z moves a point up the screen at the default
-    camera, per axis ([y, z]); Plotly normalises each axis by its range and the aspect ratio."""
-    rng = scene_ranges(pos)
-    e = np.array([DEFAULT_EYE["y"], DEFAULT_EYE["z"]], np.float64)
-    d = -e / np.linalg.norm(e)  # viewing direction in the (y, z) plane
-    up = np.array([0.0, 1.0]) - d[1] * d  # the z axis minus its part along the view
-    up /= np.linalg.norm(up)
-    per_unit = np.array([ASPECT[a] / ((rng[a][1] - rng[a][0]) or 1.0) for a in "yz"])
-    return up, per_unit
-
-
-def class_labels(graph, pos: np.ndarray, classes: Sequence[str], max_classes: int = 30) -> List[dict]:
-    """Class names beside the class layer's nodes (up to ``max_classes``; more are on hover only),
-    pushed apart along the screen's vertical at the default camera (depth into the screen, y, also moves
-    a point up the screen) so that names of nearby classes do not overlap; only z is moved."""
-    last = graph.layers[-1]
-    if last.kind != "linear" or len(classes) != last.channels or last.channels > max_classes:
-        return []
-    p = pos[last.node_offset:last.node_offset + last.channels].astype(np.float64)
-    up, per_unit = _screen_up(pos)
-    v = p[:, 1] * per_unit[0] * up[0] + p[:, 2] * per_unit[1] * up[1]  # screen height (normalised)
-    gap = 0.07 * ASPECT["z"] * up[1]  # about a line of 10 px text in a ~600 px tall scene
-    order = np.argsort(v, kind="stable")
-    w = v[order].copy()
-    for i in range(1, len(w)):
-        w[i] = max(w[i], w[i - 1] + gap)
-    w -= (w.mean() - v[order].mean())  # keep the group centred where the nodes are
-    vs = np.empty_like(w)
-    vs[order] = w
-    zs = p[:, 2] + (vs - v) / (per_unit[1] * up[1])
-    return [{"x": float(p[c, 0]), "y": float(p[c, 1]), "z": round(float(zs[c]), 3), "text": name,
-             "showarrow": False, "xanchor": "left", "xshift": 10, "font": {"size": 10, "color": "#333"}}
-            for c, name in enumerate(classes)]
-
-
 def ablated_trace(graph, pos: np.ndarray, nodes: Sequence[int], edges: Sequence[int],
                   labels: Optional[Sequence[str]] = None) -> dict:
     """Black crosses on the ablated nodes and on the middles of the ablated edges (zeroed kernels)."""
@@ -411,31 +173,6 @@ def ablated_trace(graph, pos: np.ndarray, nodes: Sequence[int], edges: Sequence[
     return {"type": "scatter3d", "mode": "markers", "name": "ablated", "x": _r(p[:, 0]), "y": _r(p[:, 1]),
             "z": _r(p[:, 2]), "text": hover, "hovertemplate": "%{text}<extra></extra>", "showlegend": False,
             "marker": {"size": 7, "color": "#111", "symbol": "x"}}
-
-
-def scene_ranges(pos: np.ndarray, pad: float = 0.08) -> Dict[str, list]:
-    """Fixed axis ranges with a margin, so the default camera frames every node and label."""
-    out = {}
-    for i, ax in enumerate("xyz"):
-        lo, hi = float(pos[:, i].min()), float(pos[:, i].max())
-        w = (hi - lo) or 1.0
-        # x: room for the first layer's name, and on the right for the class names beside the last layer
-        lo_pad, hi_pad = (pad * 1.5, pad * 2.5) if ax == "x" else (pad, pad + (0.25 if ax == "z" else 0))
-        out[ax] = [round(lo - lo_pad * w, 3), round(hi + hi_pad * w, 3)]
-    return out
-
-
-def camera_center(pos: np.ndarray, node: int) -> Dict[str, float]:
-    """The camera centre (Plotly's normalised scene coordinates) that puts ``node`` in the middle."""
-    rng = scene_ranges(pos)
-    c = {}
-    for i, ax in enumerate("xyz"):
-        lo, hi = rng[ax]
-        c[ax] = round(((float(pos[node, i]) - lo) / ((hi - lo) or 1.0) - 0.5) * ASPECT[ax], 4)
-    return c
-
-
-DEFAULT_EYE = {"x": 0.0, "y": -2.2, "z": 0.92}  # frames the scene box (ASPECT, scene_ranges) with a small margin
 
 
 def graph_figure(graph, pos: np.ndarray, circuit_nodes: Sequence[int], drawn_edges: np.ndarray,
