@@ -1,6 +1,7 @@
 """Time and peak memory of viscnn's attribution methods on ResNet-18 (random weights, batch 16,
 224x224): Grad-CAM against one plain forward+backward, and every method against Captum's
-equivalent, printed as ratios.
+equivalent, printed as ratios. Integrated gradients and SmoothGrad use 8 points (steps / noisy
+samples) and 32 images per forward+backward on both sides.
 
   plain f+b     forward + backward of the target logits through the model as shipped (weight grads on)
   input-grad    the same with weight gradients off (what a pixel-space method needs at least)
@@ -28,7 +29,12 @@ import sys
 import time
 
 OURS = {"saliency": "Saliency", "input_x_gradient": "InputXGradient", "guided_backprop": "GuidedBackprop",
-        "deconvnet": "Deconvolution", "gradcam": "GradCAM", "guided_gradcam": "GuidedGradCAM"}
+        "deconvnet": "Deconvolution", "gradcam": "GradCAM", "guided_gradcam": "GuidedGradCAM",
+        "integrated_gradients": "IntegratedGradients", "smoothgrad": "SmoothGrad"}
+PATH_POINTS = 8  # IG steps and SmoothGrad samples (each a forward+backward of the batch)
+PER_PASS = 32  # images per forward+backward for both sides (viscnn internal_batch_size, Captum's batch sizes)
+KWARGS = {"integrated_gradients": {"steps": PATH_POINTS, "internal_batch_size": PER_PASS},
+          "smoothgrad": {"samples": PATH_POINTS, "internal_batch_size": PER_PASS}}
 
 
 def _setup(batch: int, size: int, dev: str):
@@ -61,7 +67,7 @@ def _ops(model, x, target):
         def setup():
             import viscnn.attribution as A
 
-            meth = getattr(A, OURS[name])(model)
+            meth = getattr(A, OURS[name])(model, **KWARGS.get(name, {}))
             return lambda: meth.attribute(x, target)
         return setup
 
@@ -73,6 +79,15 @@ def _ops(model, x, target):
                 lgc = C.LayerGradCam(model, model.layer4)
                 return lambda: C.LayerAttribution.interpolate(
                     lgc.attribute(x, target=target, relu_attributions=True), tuple(x.shape[2:]), "bilinear")
+            if name == "integrated_gradients":
+                ig = C.IntegratedGradients(model)
+                return lambda: ig.attribute(x, target=target, n_steps=PATH_POINTS, method="gausslegendre",
+                                            internal_batch_size=PER_PASS)
+            if name == "smoothgrad":
+                nt = C.NoiseTunnel(C.Saliency(model))
+                sd = float(0.15 * (x.max() - x.min()))
+                return lambda: nt.attribute(x.clone().requires_grad_(), nt_type="smoothgrad", nt_samples=PATH_POINTS,
+                                            nt_samples_batch_size=max(1, PER_PASS // len(x)), stdevs=sd, target=target)
             if name == "guided_gradcam":
                 ggc = C.GuidedGradCam(model, model.layer4)
                 return lambda: ggc.attribute(x, target=target, interpolate_mode="bilinear")
@@ -206,13 +221,13 @@ def main() -> int:
     if not cap_version:
         print("captum is not installed: no comparison")
         return 0
-    print(f"{'method':<18} {'viscnn ms':>10} {'captum ms':>10} {'time ratio':>11} {'viscnn MiB':>11} {'captum MiB':>11} "
+    print(f"{'method':<22} {'viscnn ms':>10} {'captum ms':>10} {'time ratio':>11} {'viscnn MiB':>11} {'captum MiB':>11} "
           f"{'mem ratio':>10}")
     for n in OURS:
         a, b = best[f"viscnn:{n}"], best[f"captum:{n}"]
         ma, mc = mb(f"viscnn:{n}"), mb(f"captum:{n}")
         mr = ma / mc if mc and mc == mc and mc > 0 else float("nan")
-        print(f"{n:<18} {1000 * a:10.1f} {1000 * b:10.1f} {a / b:10.2f}x {ma:11.1f} {mc:11.1f} {mr:9.2f}x")
+        print(f"{n:<22} {1000 * a:10.1f} {1000 * b:10.1f} {a / b:10.2f}x {ma:11.1f} {mc:11.1f} {mr:9.2f}x")
     print("ratios are viscnn / captum (below 1: viscnn is faster / smaller)")
     return 0
 
