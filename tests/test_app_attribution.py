@@ -172,19 +172,22 @@ def test_weight_pictures_say_how_to_read_their_colours():
 def test_new_methods_same_maps_as_the_package_and_say_what_they_rest_on():
     """IG (signed: channel sum) and SmoothGrad (magnitude: channel max) as in the package; IG's note
     gives its completeness check, the Grad-CAM variants' notes their layer."""
-    from viscnn.attribution import IntegratedGradients, SmoothGrad
+    from viscnn.attribution import IntegratedGradients, Occlusion, SmoothGrad
 
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3), torch.nn.ReLU(),
                             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
     x = torch.randn(1, 2, 10, 10)
-    r = attribute_image(m, x, ["ig", "smoothgrad", "gradcampp", "xgradcam", "layercam"], "class:1")
+    r = attribute_image(m, x, ["ig", "smoothgrad", "occlusion", "gradcampp", "xgradcam", "layercam"], "class:1")
     by = {mr.method: mr for mr in r.maps}
     ig = IntegratedGradients(m).attribute(x, 1).detach().double().numpy()[0]
     np.testing.assert_allclose(by["ig"].map2d, ig.sum(0), rtol=1e-6, atol=1e-9)
     sg = SmoothGrad(m).attribute(x, 1).detach().double().numpy()[0]
     np.testing.assert_allclose(by["smoothgrad"].map2d, sg.max(0), rtol=1e-6, atol=1e-9)
-    assert by["ig"].signed and not by["smoothgrad"].signed
+    assert by["ig"].signed and not by["smoothgrad"].signed and by["occlusion"].signed
+    occ = Occlusion(m).attribute(x, 1).detach().double().numpy()[0]
+    np.testing.assert_allclose(by["occlusion"].map2d, occ.sum(0), rtol=1e-6, atol=1e-9)
+    assert "2x2 windows at 25 positions" in by["occlusion"].note
     total = float(m(x)[0, 1] - m(torch.zeros_like(x))[0, 1])
     assert f"= {total:.4g}" in by["ig"].note and "completeness" in by["ig"].note
     for k in ("gradcampp", "xgradcam", "layercam"):

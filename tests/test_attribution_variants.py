@@ -10,14 +10,14 @@ import pytest
 import torch
 import torchvision
 
-from viscnn.attribution import (GradCAMPlusPlus, IntegratedGradients, LayerCAM, SmoothGrad, TracedModel, XGradCAM,
-                                make_method)
+from viscnn.attribution import (GradCAMPlusPlus, IntegratedGradients, LayerCAM, Occlusion, SmoothGrad, TracedModel,
+                                XGradCAM, make_method)
 from viscnn.attribution.integrated_gradients import quadrature
 from viscnn.errors import ViscnnError
 
 captum_attr = pytest.importorskip("captum.attr")
 torchcam = pytest.importorskip("torchcam.methods")
-NEW = ["integrated_gradients", "smoothgrad", "gradcam_plusplus", "xgradcam", "layercam"]
+NEW = ["integrated_gradients", "smoothgrad", "occlusion", "gradcam_plusplus", "xgradcam", "layercam"]
 
 
 def rel(a, b) -> float:
@@ -104,6 +104,27 @@ def test_smoothgrad_keeps_the_clean_inputs_predicted_class(resnet, net):
     assert rel(sg.attribute(x), sg.attribute(x, pred)) < 1e-12
 
 
+@pytest.mark.parametrize("window, strides", [((3, 6, 6), (3, 4, 4)), ((1, 5, 5), (1, 3, 3)), ((3, 8, 8), None)])
+def test_occlusion_equals_captum(resnet, net, window, strides):
+    """Overlapping windows, per-channel windows, clipped last windows, several windows per pass."""
+    x = images(2, size=20, seed=11)
+    got = Occlusion(net, window=window, strides=strides, baseline=0.5, internal_batch_size=10).attribute(x, [3, 7])
+    expect = captum_attr.Occlusion(resnet).attribute(x, sliding_window_shapes=window, strides=strides or window,
+                                                     target=[3, 7], baselines=0.5, perturbations_per_eval=4)
+    assert rel(got, expect) < 1e-6
+
+
+def test_occlusion_default_window_and_bad_windows(net):
+    win, pos = Occlusion(net).positions((3, 224, 224))
+    assert win == (3, 28, 28) and len(pos) == 64
+    win, pos = Occlusion(net, window=(5, 5), strides=(4, 4)).positions((3, 20, 20))
+    assert win == (3, 5, 5) and len(pos) == 5 * 5 and max(p[1] for p in pos) == 16  # the last window clipped
+    with pytest.raises(ViscnnError, match="larger than the input"):
+        Occlusion(net, window=30).attribute(images(1, size=20), 0)
+    with pytest.raises(ViscnnError, match="positive sizes"):
+        Occlusion(net, window=(0, 3)).attribute(images(1, size=20), 0)
+
+
 def _eq19_loop(a: np.ndarray, g: np.ndarray) -> np.ndarray:
     """Grad-CAM++ (Chattopadhay et al., Eq. 19 and 7) one channel and pixel at a time, before the ReLU."""
     n, c, h, w = a.shape
@@ -164,7 +185,9 @@ def test_every_new_method_runs_on_other_architectures_and_leaves_the_model_alone
         if name == "integrated_gradients":
             meth.steps = 4
         a = meth.attribute(x, 5, **({"relu": False} if "cam" in name else {}))  # a random net's map may be all < 0
-        assert a.shape[0] == 1 and a.shape[-2:] == (48, 48) and torch.isfinite(a).all() and float(a.abs().sum()) > 0, name
+        assert a.shape[0] == 1 and a.shape[-2:] == (48, 48) and torch.isfinite(a).all(), name
+        # random GoogLeNet's last maps are ~1e-13: covering a window moves its logits below float32's resolution
+        assert float(a.abs().sum()) > 0 or (arch, name) == ("googlenet", "occlusion"), name
     assert not model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
 

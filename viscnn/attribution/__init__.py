@@ -1,5 +1,5 @@
 """Pixel-space explanations that are right on any architecture: saliency, integrated gradients,
-SmoothGrad, DeconvNet, guided backprop, CAM, Grad-CAM (guided, cropped) and its variants Grad-CAM++,
+SmoothGrad, occlusion, DeconvNet, guided backprop, CAM, Grad-CAM (guided, cropped) and its variants Grad-CAM++,
 XGrad-CAM and Layer-CAM, weight pictures, comparisons across models, and attribution restricted to a
 circuit.
 
@@ -19,6 +19,7 @@ from viscnn.attribution.gradcam_variants import GradCAMPlusPlus, LayerCAM, XGrad
 from viscnn.attribution.guided_backprop import GuidedBackprop
 from viscnn.attribution.guided_gradcam import GuidedGradCAM
 from viscnn.attribution.integrated_gradients import IntegratedGradients
+from viscnn.attribution.occlusion import Occlusion
 from viscnn.attribution.methods import METHODS, make_method
 from viscnn.attribution.saliency import Gradient, InputXGradient, Saliency
 from viscnn.attribution.smoothgrad import SmoothGrad
@@ -27,7 +28,7 @@ from viscnn.attribution.weights import kernel_tiles, rgb_filter_grid, rgb_filter
 
 __all__ = [
     "Attribution", "CAM", "Comparison", "Crop", "Deconvolution", "GradCAM", "GradCAMPlusPlus", "Gradient",
-    "GuidedBackprop", "GuidedGradCAM", "InputXGradient", "IntegratedGradients", "LayerCAM", "SmoothGrad", "XGradCAM", "METHODS", "Saliency", "TracedModel", "attribute_in_circuit",
+    "GuidedBackprop", "GuidedGradCAM", "InputXGradient", "IntegratedGradients", "LayerCAM", "Occlusion", "SmoothGrad", "XGradCAM", "METHODS", "Saliency", "TracedModel", "attribute_in_circuit",
     "circuit_model", "compare_models", "compare_sizes", "deconvnet_of_unit", "find_cam_head", "gradcam_crop",
     "kernel_tiles", "make_method", "normalize_maps", "rgb_filter_grid", "rgb_filters", "side_by_side",
 ]

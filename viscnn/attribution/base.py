@@ -147,3 +147,12 @@ class Attribution:
             g = g if each is None else each(g)
             total += (g.reshape(b - a, N, *points.shape[2:]) * weights[a:b].reshape(-1, *[1] * (points.dim() - 1))).sum(0)
         return total
+
+    def target_values(self, x: torch.Tensor, targets: PerImageTargets, labels=None) -> torch.Tensor:
+        """Per-image target values [N] from a forward pass only (no autograd graph)."""
+        layer_nodes = {l: self.net.layer_node(l) for l in targets.layers}
+        taps = list(dict.fromkeys(layer_nodes.values()))
+        out, _, vals = self.net.run(x, self.rule, taps, targets.needs_output, grad=False)
+        by_node = dict(zip(taps, vals))
+        logits = model_logits(out) if out is not None else None
+        return targets.evaluate(logits, {l: by_node[n] for l, n in layer_nodes.items()}, labels)

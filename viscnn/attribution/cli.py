@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 
 METHOD_HELP = ("saliency (|grad|), gradient, input_x_gradient, integrated_gradients (32 Gauss-Legendre steps, zero "
-               "baseline), smoothgrad (25 samples, noise 15%%), deconvnet, guided_backprop, gradcam, guided_gradcam, "
-               "gradcam_plusplus, xgradcam, layercam, cam, gradcam_crop")
+               "baseline), smoothgrad (25 samples, noise 15%%), occlusion (windows of 1/8 of the side, zero baseline), "
+               "deconvnet, guided_backprop, gradcam, guided_gradcam, gradcam_plusplus, xgradcam, layercam, cam, gradcam_crop")
 
 
 def add_attribute_cmd(sub) -> None:

@@ -12,6 +12,7 @@ from viscnn.attribution.gradcam_variants import GradCAMPlusPlus, LayerCAM, XGrad
 from viscnn.attribution.guided_backprop import GuidedBackprop
 from viscnn.attribution.guided_gradcam import GuidedGradCAM
 from viscnn.attribution.integrated_gradients import IntegratedGradients
+from viscnn.attribution.occlusion import Occlusion
 from viscnn.attribution.saliency import Gradient, InputXGradient, Saliency
 from viscnn.attribution.smoothgrad import SmoothGrad
 from viscnn.errors import ViscnnError
@@ -20,7 +21,7 @@ METHODS: Dict[str, Type[Attribution]] = {
     "saliency": Saliency, "gradient": Gradient, "input_x_gradient": InputXGradient,
     "deconvnet": Deconvolution, "guided_backprop": GuidedBackprop,
     "gradcam": GradCAM, "guided_gradcam": GuidedGradCAM, "cam": CAM,
-    "integrated_gradients": IntegratedGradients, "smoothgrad": SmoothGrad,
+    "integrated_gradients": IntegratedGradients, "smoothgrad": SmoothGrad, "occlusion": Occlusion,
     "gradcam_plusplus": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM,
 }
 ALIASES = {"grad_x_input": "input_x_gradient", "deconvolution": "deconvnet", "guided": "guided_backprop",

@@ -81,7 +81,7 @@ HELP = [
         html.Li([html.B("Selection"), ": click a node (or the middle of an edge) in 3D, a box in the 2D "
                  "circuit, a table row, or use Find node: all views show the same selection."]),
         html.Li([html.B("Attribution"), ": which input pixels drive the target on the current image. Signed "
-                 "methods (gradient, integrated gradients, DeconvNet, guided backprop) on the diverging map, "
+                 "methods (gradient, integrated gradients, occlusion, DeconvNet, guided backprop) on the diverging map, "
                  "magnitudes (saliency, SmoothGrad, the Grad-CAM family) on the sequential one. 'Circuit only' reruns them with every kernel outside the "
                  "current circuit zeroed."]),
         html.Li([html.B("Artifacts"), ": mean feature maps under a constant or random input show padding and "

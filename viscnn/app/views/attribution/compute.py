@@ -29,6 +29,8 @@ METHODS: Dict[str, Tuple[str, bool, str]] = {
            "(the dataset mean after normalisation), 32 Gauss-Legendre steps (Sundararajan et al.)"),
     "smoothgrad": ("SmoothGrad", False, "|grad| averaged over 25 noisy copies, noise sd 15% of the image's range "
                    "(Smilkov et al.), max over channels"),
+    "occlusion": ("Occlusion", False, "target(x) - target(x with a window set to 0), averaged over the windows "
+                  "covering each pixel (Zeiler & Fergus), summed over channels"),
     "gradcampp": ("Grad-CAM++", True, "ReLU(sum_c w_c A_c), w_c = sum_ij alpha_ij ReLU(dY/dA_c,ij) with Eq. 19's "
                   "alpha (Chattopadhay et al.)"),
     "xgradcam": ("XGrad-CAM", True, "ReLU(sum_c w_c A_c), w_c = sum(dY/dA_c * A_c) / sum(A_c) (Fu et al.)"),
@@ -59,7 +61,7 @@ class AttributionResult:
 _LIBRARY = {"saliency": ("saliency", {"abs": True}), "gradient": ("gradient", {}),
             "gradxinput": ("input_x_gradient", {}), "deconvnet": ("deconvnet", {}), "guided": ("guided_backprop", {}),
             "gradcam": ("gradcam", {}), "guided_gradcam": ("guided_gradcam", {}), "cam": ("cam", {}),
-            "ig": ("integrated_gradients", {}), "smoothgrad": ("smoothgrad", {}),
+            "ig": ("integrated_gradients", {}), "smoothgrad": ("smoothgrad", {}), "occlusion": ("occlusion", {}),
             "gradcampp": ("gradcam_plusplus", {}), "xgradcam": ("xgradcam", {}), "layercam": ("layercam", {})}
 
 
@@ -126,6 +128,9 @@ def attribute_image(model, x: torch.Tensor, methods: Sequence[str], target: str,
             what = f"{what}; features of {meth.layer}"
         elif m == "ig":
             what = f"{what}; {_completeness(meth, x, tgt, a)}"
+        elif m == "occlusion":
+            (_, wh, ww), pos = meth.positions(tuple(x.shape[1:]))
+            what = f"{what}; {wh}x{ww} windows at {len(pos)} positions"
         out.append(MapResult(m, label, m2, signed, what))
     box = mask = None
     if cam_map is not None:
