@@ -132,20 +132,23 @@ class Attribution:
         pred = model_logits(out).argmax(1).tolist()
         return PerImageTargets([class_target(pred[i]) if t is None else t for i, t in enumerate(targets.items)])
 
-    def summed_gradients(self, points: torch.Tensor, weights: torch.Tensor, targets: PerImageTargets, labels,
+    def summed_gradients(self, points, K: int, weights: torch.Tensor, targets: PerImageTargets, labels,
                          chunk: int, each=None) -> torch.Tensor:
-        """``sum_k weights[k] * each(d target / d input)`` at ``points`` [K,N,C,H,W] (N images, K points
-        each; ``each`` defaults to the identity), ``chunk`` points per forward+backward (a batch of
-        ``chunk * N`` images), [N,C,H,W]."""
-        K, N = points.shape[:2]
-        total = torch.zeros_like(points[0])
+        """``sum_k weights[k] * each(d target / d input at point k)`` over ``K`` points per image
+        (``each`` defaults to the identity), [N,C,H,W]. ``points(a, b)`` returns points a..b-1 of every
+        image, [b-a, N, C, H, W]: made one chunk at a time (``chunk`` points per forward+backward, a batch of
+        ``chunk * N`` images), so memory does not grow with ``K``."""
+        total = None
         for a in range(0, K, max(1, chunk)):
             b = min(K, a + max(1, chunk))
-            xs = points[a:b].reshape(-1, *points.shape[2:])
+            pts = points(a, b)
+            N = pts.shape[1]
             lab = None if labels is None else labels.repeat(b - a)
-            g = self.forward_backward(xs, PerImageTargets(targets.items * (b - a)), lab).grads["input"]
+            g = self.forward_backward(pts.reshape(-1, *pts.shape[2:]), PerImageTargets(targets.items * (b - a)),
+                                      lab).grads["input"]
             g = g if each is None else each(g)
-            total += (g.reshape(b - a, N, *points.shape[2:]) * weights[a:b].reshape(-1, *[1] * (points.dim() - 1))).sum(0)
+            part = (g.reshape(b - a, N, *pts.shape[2:]) * weights[a:b].reshape(-1, *[1] * (pts.dim() - 1))).sum(0)
+            total = part if total is None else total + part
         return total
 
     def target_values(self, x: torch.Tensor, targets: PerImageTargets, labels=None) -> torch.Tensor:

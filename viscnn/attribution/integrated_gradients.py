@@ -69,9 +69,10 @@ class IntegratedGradients(Attribution):
         targets = self.pin_predicted(x, targets)
         alphas, weights = quadrature(self.steps, self.method)
         a = torch.as_tensor(alphas, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1, 1)
-        points = x0.unsqueeze(0) + a * (x - x0).unsqueeze(0)  # [steps, N, C, H, W]
+        points = lambda i, j: x0.unsqueeze(0) + a[i:j] * (x - x0).unsqueeze(0)  # [j - i, N, C, H, W]
         chunk = max(1, self.internal_batch_size // max(1, len(x)))
-        g = self.summed_gradients(points, torch.as_tensor(weights, dtype=x.dtype, device=x.device), targets, labels, chunk)
+        g = self.summed_gradients(points, self.steps, torch.as_tensor(weights, dtype=x.dtype, device=x.device),
+                                  targets, labels, chunk)
         return (x - x0) * g
 
     def convergence_delta(self, inputs: torch.Tensor, attributions: torch.Tensor, target=None, labels=None,

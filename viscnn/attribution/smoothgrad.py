@@ -4,7 +4,7 @@
 ``abs=True`` (the default) averages ``|grad|``, as Captum's ``NoiseTunnel(Saliency)`` does; ``abs=False``
 the signed gradient, as in the paper. The noise comes from a seeded CPU generator, so the same
 ``seed`` gives the same map on every device; :meth:`SmoothGrad.noise` returns it. The predicted-class
-target is the class predicted on the clean input.
+target is the class predicted on the clean input. Noisy copies are made one forward+backward at a time.
 """
 
 from __future__ import annotations
@@ -30,17 +30,20 @@ class SmoothGrad(Attribution):
         self.abs, self.internal_batch_size = bool(abs), int(internal_batch_size)
         self.signed = not self.abs
 
-    def noise(self, x: torch.Tensor) -> torch.Tensor:
-        """The noise added to ``x`` [N,C,H,W]: [samples, N, C, H, W]."""
-        gen = torch.Generator().manual_seed(self.seed)
-        z = torch.randn((self.samples, *x.shape), generator=gen, dtype=torch.float64)
+    def noise(self, x: torch.Tensor, first: int = 0, stop: int = None) -> torch.Tensor:
+        """The noise added to ``x`` [N,C,H,W] for samples ``first..stop-1`` (default all):
+        [samples, N, C, H, W]. Sample k has its own generator (seeded from ``seed`` and k), so any range
+        of samples is drawn exactly as in the whole set."""
+        stop = self.samples if stop is None else stop
         span = (x.reshape(len(x), -1).amax(1) - x.reshape(len(x), -1).amin(1)).double().cpu()
+        z = torch.stack([torch.randn(tuple(x.shape), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + k),
+                                     dtype=torch.float64) for k in range(first, stop)])
         return (z * (self.noise_level * span).reshape(1, -1, 1, 1, 1)).to(x.device, x.dtype)
 
     def _attribute(self, x, targets, labels) -> torch.Tensor:
         targets = self.pin_predicted(x, targets)
-        points = x.unsqueeze(0) + self.noise(x)
         chunk = max(1, self.internal_batch_size // max(1, len(x)))
         w = torch.full((self.samples,), 1.0 / self.samples, dtype=x.dtype, device=x.device)
         # |grad| per sample (abs=True), so one sample's sign can't cancel another's
-        return self.summed_gradients(points, w, targets, labels, chunk, torch.abs if self.abs else None)
+        return self.summed_gradients(lambda a, b: x.unsqueeze(0) + self.noise(x, a, b), self.samples, w, targets, labels,
+                                     chunk, torch.abs if self.abs else None)
