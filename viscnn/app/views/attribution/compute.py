@@ -29,8 +29,8 @@ METHODS: Dict[str, Tuple[str, bool, str]] = {
            "(the dataset mean after normalisation), 32 Gauss-Legendre steps (Sundararajan et al.)"),
     "smoothgrad": ("SmoothGrad", False, "|grad| averaged over 25 noisy copies, noise sd 15% of the image's range "
                    "(Smilkov et al.), max over channels"),
-    "occlusion": ("Occlusion", False, "target(x) - target(x with a window set to 0), averaged over the windows "
-                  "covering each pixel (Zeiler & Fergus), summed over channels"),
+    "occlusion": ("Occlusion", False, "target(x) - target(x with a window set to 0, the dataset mean after "
+                  "normalisation), averaged over the windows covering each pixel (Zeiler & Fergus), summed over channels"),
     "gradcampp": ("Grad-CAM++", True, "ReLU(sum_c w_c A_c), w_c = sum_ij alpha_ij ReLU(dY/dA_c,ij) with Eq. 19's "
                   "alpha (Chattopadhay et al.)"),
     "xgradcam": ("XGrad-CAM", True, "ReLU(sum_c w_c A_c), w_c = sum(dY/dA_c * A_c) / sum(A_c) (Fu et al.)"),
