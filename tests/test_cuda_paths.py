@@ -138,3 +138,17 @@ def test_training_epoch_on_cuda():
 
     model, acc, times = train(epochs=1, limit=512, log=lambda m: None, device="cuda")
     assert next(model.parameters()).device.type == "cuda" and 0 <= acc <= 1 and times[0] > 0
+
+
+@pytest.mark.parametrize("name", ["integrated_gradients", "smoothgrad", "occlusion", "gradcam_plusplus", "xgradcam",
+                                  "layercam", "guided_backprop", "gradcam"])
+def test_attribution_methods_on_cuda_equal_cpu(small, name):
+    """The traced working copy on cuda; SmoothGrad's noise comes from the same CPU generators."""
+    from viscnn.attribution import make_method
+
+    m, _, x, y = small
+    kw = {"layer": "c2"} if "cam" in name else {}
+    cpu = make_method(name, m, **kw).attribute(x, y)
+    gpu = make_method(name, m, device="cuda", **kw).attribute(x.cuda(), y.cuda())
+    assert gpu.is_cuda
+    _close(gpu.cpu(), cpu)

@@ -82,7 +82,7 @@ class IntegratedGradients(Attribution):
         x0 = self.baseline_for(x, baseline)
         targets = self.pin_predicted(x, self.targets(target, x))
         lab = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=x.device).reshape(-1)
-        v = self.forward_backward(torch.cat([x, x0]), PerImageTargets(targets.items * 2),
-                                  None if lab is None else lab.repeat(2), wrt_input=False).values
+        v = self.target_values(torch.cat([x, x0]), PerImageTargets(targets.items * 2),
+                               None if lab is None else lab.repeat(2))
         n = len(x)
         return attributions.to(v).reshape(n, -1).sum(1) - (v[:n] - v[n:])

@@ -3,7 +3,7 @@
 
 ``abs=True`` (the default) averages ``|grad|``, as Captum's ``NoiseTunnel(Saliency)`` does; ``abs=False``
 the signed gradient, as in the paper. The noise comes from a seeded CPU generator, so the same
-``seed`` gives the same map on every device; :meth:`SmoothGrad.noise` returns it. The predicted-class
+``seed`` (and input dtype) gives the same map on every device; :meth:`SmoothGrad.noise` returns it. The predicted-class
 target is the class predicted on the clean input. Noisy copies are made one forward+backward at a time.
 """
 
@@ -36,9 +36,10 @@ class SmoothGrad(Attribution):
         of samples is drawn exactly as in the whole set."""
         stop = self.samples if stop is None else stop
         span = (x.reshape(len(x), -1).amax(1) - x.reshape(len(x), -1).amin(1)).double().cpu()
+        dt = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
         z = torch.stack([torch.randn(tuple(x.shape), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + k),
-                                     dtype=torch.float64) for k in range(first, stop)])
-        return (z * (self.noise_level * span).reshape(1, -1, 1, 1, 1)).to(x.device, x.dtype)
+                                     dtype=dt) for k in range(first, stop)])
+        return (z * (self.noise_level * span).to(dt).reshape(1, -1, 1, 1, 1)).to(x.device, x.dtype)
 
     def _attribute(self, x, targets, labels) -> torch.Tensor:
         targets = self.pin_predicted(x, targets)
