@@ -57,3 +57,18 @@ def test_compare_view(page):
     page.click("#cmp-scale label:has-text('raw')")
     page.wait_for_function("new URLSearchParams(location.search).get('cscale') === 'raw'")
     page.wait_for_function("() => document.querySelector('#cmp-info').innerText.includes('one scale')")
+
+
+def test_integrated_gradients_and_occlusion_from_a_link(page):
+    """A link with the new methods draws their maps, IG with its completeness check and occlusion
+    with its windows, on the diverging scale (signed)."""
+    model = page.evaluate("new URLSearchParams(location.search).get('model')")
+    page.goto(page.url.split("?")[0] + f"?model={model}&view=attribution&methods=ig,occlusion,layercam")
+    page.wait_for_function("() => [...document.querySelectorAll('#attr-maps .js-plotly-plot')]"
+                           ".filter(g => g.data && g.data[0] && g.data[0].type === 'heatmap').length === 3",
+                           timeout=60000)
+    text = page.inner_text("#attr-maps")
+    assert "completeness: sum" in text and "windows at" in text and "at relu4" in text
+    signed = page.evaluate("() => [...document.querySelectorAll('#attr-maps .js-plotly-plot')].map(g => g.data[0])"
+                           ".filter(t => t.type === 'heatmap' && t.zmin < 0).length")
+    assert signed == 2  # IG and occlusion signed, Layer-CAM a magnitude
