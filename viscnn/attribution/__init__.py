@@ -1,6 +1,6 @@
 """Pixel-space explanations that are right on any architecture: saliency, integrated gradients,
-SmoothGrad, occlusion, DeconvNet, guided backprop, CAM, Grad-CAM (guided, cropped) and its variants Grad-CAM++,
-XGrad-CAM and Layer-CAM, weight pictures, comparisons across models, and attribution restricted to a
+SmoothGrad, occlusion, DeconvNet, guided backprop, CAM, Grad-CAM (guided, cropped) and its variants
+Grad-CAM++, XGrad-CAM and Layer-CAM, weight pictures, comparisons across models, and attribution restricted to a
 circuit.
 
 Every method takes the user's model (never modified) and has one verb,
@@ -28,7 +28,8 @@ from viscnn.attribution.weights import kernel_tiles, rgb_filter_grid, rgb_filter
 
 __all__ = [
     "Attribution", "CAM", "Comparison", "Crop", "Deconvolution", "GradCAM", "GradCAMPlusPlus", "Gradient",
-    "GuidedBackprop", "GuidedGradCAM", "InputXGradient", "IntegratedGradients", "LayerCAM", "Occlusion", "SmoothGrad", "XGradCAM", "METHODS", "Saliency", "TracedModel", "attribute_in_circuit",
+    "GuidedBackprop", "GuidedGradCAM", "InputXGradient", "IntegratedGradients", "LayerCAM", "METHODS", "Occlusion",
+    "Saliency", "SmoothGrad", "TracedModel", "XGradCAM", "attribute_in_circuit",
     "circuit_model", "compare_models", "compare_sizes", "deconvnet_of_unit", "find_cam_head", "gradcam_crop",
     "kernel_tiles", "make_method", "normalize_maps", "rgb_filter_grid", "rgb_filters", "side_by_side",
 ]

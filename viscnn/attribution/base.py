@@ -97,14 +97,9 @@ class Attribution:
                          nodes: Sequence[str] = (), wrt_input: bool = True, wrt_nodes: Sequence[str] = ()) -> Pass:
         """Run ``rule``'s graph on ``x`` keeping ``nodes`` and differentiate the summed target
         values w.r.t. the input and/or ``wrt_nodes`` (the backward stops at the deepest needed)."""
-        rule = rule or self.rule
-        layer_nodes = {l: self.net.layer_node(l) for l in targets.layers}
-        taps = list(dict.fromkeys(list(layer_nodes.values()) + list(nodes) + list(wrt_nodes)))
         cut = () if wrt_input else tuple(wrt_nodes)  # no gradient below the layers: do not record it
-        out, leaf, vals = self.net.run(x, rule, taps, targets.needs_output, cut=cut)
-        by_node = dict(zip(taps, vals))
-        logits = model_logits(out) if out is not None else None
-        values = targets.evaluate(logits, {l: by_node[n] for l, n in layer_nodes.items()}, labels)
+        leaf, logits, values, by_node = self._evaluate(x, targets, labels, rule or self.rule,
+                                                       list(nodes) + list(wrt_nodes), True, cut)
         wrt = ([leaf] if wrt_input else []) + [by_node[n] for n in wrt_nodes]
         grads: Dict[str, torch.Tensor] = {}
         if wrt:
@@ -128,8 +123,7 @@ class Attribution:
             return targets
         from viscnn.attribution.target_spec import class_target
 
-        out, _, _ = self.net.run(x, "gradient", [], need_output=True, grad=False)
-        pred = model_logits(out).argmax(1).tolist()
+        pred = self.predict(x).tolist()
         return PerImageTargets([class_target(pred[i]) if t is None else t for i, t in enumerate(targets.items)])
 
     def summed_gradients(self, points, K: int, weights: torch.Tensor, targets: PerImageTargets, labels,
@@ -153,9 +147,14 @@ class Attribution:
 
     def target_values(self, x: torch.Tensor, targets: PerImageTargets, labels=None) -> torch.Tensor:
         """Per-image target values [N] from a forward pass only (no autograd graph)."""
+        return self._evaluate(x, targets, labels, self.rule, (), False, ())[2]
+
+    def _evaluate(self, x, targets: PerImageTargets, labels, rule: str, nodes: Sequence[str], grad: bool, cut):
+        """One run of ``rule``'s graph keeping ``nodes`` and the targets' layers: ``(input leaf, logits or
+        None, per-image target values, {node: value})``."""
         layer_nodes = {l: self.net.layer_node(l) for l in targets.layers}
-        taps = list(dict.fromkeys(layer_nodes.values()))
-        out, _, vals = self.net.run(x, self.rule, taps, targets.needs_output, grad=False)
+        taps = list(dict.fromkeys(list(layer_nodes.values()) + list(nodes)))
+        out, leaf, vals = self.net.run(x, rule, taps, targets.needs_output, grad=grad, cut=cut)
         by_node = dict(zip(taps, vals))
         logits = model_logits(out) if out is not None else None
-        return targets.evaluate(logits, {l: by_node[n] for l, n in layer_nodes.items()}, labels)
+        return leaf, logits, targets.evaluate(logits, {l: by_node[n] for l, n in layer_nodes.items()}, labels), by_node

@@ -6,8 +6,9 @@ traced copy behind in-place ReLUs, is :class:`~viscnn.attribution.gradcam.GradCA
   ``alpha = g^2 / (2 g^2 + sum_ab A_ab * g^3)`` per pixel (0 where g = 0 or the denominator is 0),
   channel weight ``sum_ij alpha_ij ReLU(g_ij)``. The map depends on the gradient's scale (the g^3 term).
   pytorch-grad-cam adds 1e-6 to the denominator, which is not negligible where g^2 is near 1e-6 (random
-  ResNet-18 at 48 px: its maps differ from these by 2-11 %); torchcam 0.5's ``GradCAMpp`` sums ``A * g^3`` pixel by pixel in the denominator and
-  leaves ``alpha = g^2`` (its in-place division acts on a masked copy), so it is not this method.
+  ResNet-18 at 48 px: its maps differ from these by 2-11 %); torchcam 0.5's ``GradCAMpp`` sums ``A * g^3``
+  pixel by pixel in the denominator and leaves ``alpha = g^2`` (its in-place division acts on a masked
+  copy), so it is not this method.
 * XGrad-CAM (Fu et al. 2020): channel weight ``sum_ij g_ij A_ij / sum_ij A_ij`` (0 where that sum is 0).
 * Layer-CAM (Jiang et al. 2021): no channel weight; each pixel weighted by its own ``ReLU(g)``, which
   keeps fine detail at early layers.

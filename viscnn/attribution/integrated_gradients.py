@@ -69,11 +69,12 @@ class IntegratedGradients(Attribution):
         targets = self.pin_predicted(x, targets)
         alphas, weights = quadrature(self.steps, self.method)
         a = torch.as_tensor(alphas, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1, 1)
-        points = lambda i, j: x0.unsqueeze(0) + a[i:j] * (x - x0).unsqueeze(0)  # [j - i, N, C, H, W]
+        diff = x - x0
+        points = lambda i, j: x0.unsqueeze(0) + a[i:j] * diff.unsqueeze(0)  # [j - i, N, C, H, W]
         chunk = max(1, self.internal_batch_size // max(1, len(x)))
         g = self.summed_gradients(points, self.steps, torch.as_tensor(weights, dtype=x.dtype, device=x.device),
                                   targets, labels, chunk)
-        return (x - x0) * g
+        return diff * g
 
     def convergence_delta(self, inputs: torch.Tensor, attributions: torch.Tensor, target=None, labels=None,
                           baseline=None) -> torch.Tensor:

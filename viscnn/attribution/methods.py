@@ -26,8 +26,8 @@ METHODS: Dict[str, Type[Attribution]] = {
 }
 ALIASES = {"grad_x_input": "input_x_gradient", "deconvolution": "deconvnet", "guided": "guided_backprop",
            "grad_cam": "gradcam", "guided_grad_cam": "guided_gradcam", "ig": "integrated_gradients",
-           "gradcam++": "gradcam_plusplus", "grad_cam++": "gradcam_plusplus", "gradcampp": "gradcam_plusplus", "xgrad_cam": "xgradcam",
-           "layer_cam": "layercam", "smooth_grad": "smoothgrad"}
+           "gradcam++": "gradcam_plusplus", "grad_cam++": "gradcam_plusplus", "gradcampp": "gradcam_plusplus",
+           "xgrad_cam": "xgradcam", "layer_cam": "layercam", "smooth_grad": "smoothgrad"}
 LAYERED = ("gradcam", "guided_gradcam", "gradcam_plusplus", "xgradcam", "layercam")  # methods that take a layer
 
 

@@ -3,9 +3,9 @@ by a baseline, and credit every covered input element with the target's drop ``t
 occluded)``, averaged over the windows that cover it. Forward passes only, many windows per pass.
 
 ``window`` is (h, w) over all channels or (c, h, w), by default square with 1/8 of the input's shorter
-side (at least 2: 64 windows); ``strides`` likewise (default: the window, no overlap). Windows start at the top-left corner and every stride after it, as in Captum, the last one
-in each dimension clipped at the border, so every input element is covered (strides larger than the
-window leave gaps, which get 0).
+side (at least 2: 64 windows); ``strides`` likewise (default: the window, no overlap). Windows start at
+the top-left corner and every stride after it, as in Captum, the last one in each dimension clipped at
+the border, so every input element is covered (strides larger than the window leave gaps, which get 0).
 """
 
 from __future__ import annotations
